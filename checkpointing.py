@@ -1,0 +1,115 @@
+"""Checkpoints and result files: atomic writes and safe, checked loading.
+
+Every file this toolkit writes goes through ``atomic_write``: the bytes go to a
+temporary file in the same folder, are flushed and fsync'ed, and only then
+renamed over the target. A crash (or kill -9) at any moment leaves either the
+old file or the new one, never half of one.
+
+Checkpoints are loaded with ``torch.load(..., weights_only=True)``: a pickle
+that would run code is refused, never executed.
+"""
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+import zipfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+CHECKPOINT_FORMAT = 1
+
+
+class CheckpointError(Exception):
+    """A checkpoint cannot be used; the message names the problem."""
+
+
+@contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "wb"):
+    """Open a temporary file beside ``path``; rename it over ``path`` on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_write(path, "w") as f:
+        f.write(text)
+
+
+def atomic_torch_save(obj, path: str | os.PathLike) -> None:
+    # serialise to memory first: a failing torch.save leaves no partial file
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    with atomic_write(path, "wb") as f:
+        f.write(buf.getbuffer())
+
+
+def check_writable(folder: str | os.PathLike, need_bytes: int = 0) -> None:
+    """Fail before training, not after an hour, when results cannot be saved."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test.") as f:
+            f.write(b"x" * 4096)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        raise CheckpointError(f"checkpoint folder {folder} is not writable ({e.strerror or e}): "
+                              f"choose another with --checkpoint-dir") from None
+    if need_bytes:
+        st = os.statvfs(folder)
+        free = st.f_bavail * st.f_frsize
+        if free < need_bytes:
+            raise CheckpointError(f"checkpoint folder {folder} has {free / 2**20:.0f} MiB free, "
+                                  f"need at least {need_bytes / 2**20:.0f} MiB: free space or use --checkpoint-dir")
+
+
+def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
+    """Load a checkpoint safely and check its structure, or raise CheckpointError."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} not found: train one first "
+                              f"(python gender_age_classifier.py) or pass --checkpoint PATH")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except __import__("pickle").UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else "unsafe content"
+        raise CheckpointError(f"refused to load {path}: it holds objects other than tensors and plain "
+                              f"data, which could run code ({first[:160]})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path} is not a readable checkpoint (truncated or not a PyTorch file: "
+                              f"{msg[:160]})") from None
+    if not isinstance(ckpt, dict) or "model_state" not in ckpt or "model_args" not in ckpt:
+        raise CheckpointError(f"{path} is not a checkpoint of this toolkit (no model_state/model_args): "
+                              f"weights-only files cannot be used, retrain or re-save it")
+    return ckpt
+
+
+def expect(ckpt: dict, path, task: str | None = None, arch: str | None = None,
+           classes: list | None = None) -> None:
+    """Raise CheckpointError when a checkpoint is not for what was asked."""
+    if task is not None and ckpt.get("task") != task:
+        raise CheckpointError(f"{path} is a '{ckpt.get('task')}' checkpoint, not '{task}': "
+                              f"pass the right --checkpoint (or -a for the age task)")
+    if arch is not None and ckpt["model_args"].get("arch") != arch:
+        raise CheckpointError(f"{path} holds architecture '{ckpt['model_args'].get('arch')}', "
+                              f"not '{arch}' as asked")
+    if classes is not None and list(ckpt.get("classes", [])) != list(classes):
+        raise CheckpointError(f"{path} was trained on classes {ckpt.get('classes')}, but the data has "
+                              f"{list(classes)}: use a matching checkpoint or data folder")

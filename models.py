@@ -1,0 +1,137 @@
+"""Networks only: no I/O, no argparse.
+
+Every network is built from a plain dict, ``model_args``, that checkpoints store
+verbatim, so ``predict.py`` (or anyone) can rebuild the exact network with
+``build_model(**model_args)`` and no guessing.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+# Input geometry of the Levi-Hassner network: images are resized so the
+# shorter side is 256, then a 227x227 crop is taken (random for training,
+# central for evaluation). The fully connected layer fixes 227 exactly.
+LEVI_HASSNER_INPUT = 227
+LEVI_HASSNER_RESIZE = 256
+
+
+class LeviHassnerNet(nn.Module):
+    """Levi & Hassner (CVPR 2015 workshop) CNN with one extra FC layer.
+
+    Shapes for a (N, 3, 227, 227) input:
+      conv1 96@7x7/4   -> (N, 96, 56, 56), max-pool 3/2 -> (N, 96, 27, 27)
+      conv2 256@5x5 p2 -> (N, 256, 27, 27), max-pool 3/2 -> (N, 256, 13, 13)
+      conv3 384@3x3 p1 -> (N, 384, 13, 13), max-pool 3/2 -> (N, 384, 6, 6)
+      fc 384*6*6 -> 512 -> 512 -> num_outputs (logits, no softmax)
+    BatchNorm replaces the paper's local response normalisation, as in the
+    original port. Dropout lives in nn.Dropout modules (not F.dropout), so
+    ``model.eval()`` really switches it off.
+    """
+
+    def __init__(self, num_outputs: int, dropout: float = 0.5):
+        super().__init__()
+        if num_outputs < 1:
+            raise ValueError(f"num_outputs must be >= 1, got {num_outputs}")
+
+        def block(cin: int, cout: int, k: int, stride: int, pad: int) -> nn.Sequential:
+            return nn.Sequential(
+                # bias is redundant before BatchNorm, which has its own shift
+                nn.Conv2d(cin, cout, k, stride=stride, padding=pad, bias=False),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d(kernel_size=3, stride=2),
+            )
+
+        self.features = nn.Sequential(
+            block(3, 96, 7, 4, 0),
+            block(96, 256, 5, 1, 2),
+            block(256, 384, 3, 1, 1),
+        )
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(384 * 6 * 6, 512),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(512, 512),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(512, num_outputs),
+        )
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.Linear):
+                # small Gaussian weights as in the Levi-Hassner paper (std 0.01 / 0.005
+                # there); large fan-in kaiming weights make the first logits explode
+                nn.init.normal_(m.weight, std=0.01)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x: (N, 3, 227, 227) normalised float -> (N, num_outputs) logits
+        return self.classifier(self.features(x))
+
+
+class ResNetRegressor(nn.Module):
+    """A torchvision ResNet trunk with a task head in place of ``fc``.
+
+    ``head`` maps the pooled (N, 512) features to the outputs; for ordinal
+    losses it is one of the heads in ``losses.py`` (CORAL's shared weight and
+    K-1 biases, Niu et al.'s K-1 independent units, CORN's K-1 units).
+    """
+
+    def __init__(self, depth: int, head: nn.Module):
+        super().__init__()
+        from torchvision.models import resnet18, resnet34
+
+        factories = {18: resnet18, 34: resnet34}
+        if depth not in factories:
+            raise ValueError(f"unsupported ResNet depth {depth}")
+        trunk = factories[depth](weights=None)  # never downloads anything
+        trunk.fc = nn.Identity()
+        self.trunk = trunk
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x: (N, 3, H, W) -> features (N, 512) -> head outputs
+        return self.head(self.trunk(x))
+
+
+ARCHITECTURES = ("levi_hassner", "resnet18", "resnet34")
+
+
+def default_input_geometry(arch: str) -> tuple[int, int]:
+    """(resize, crop) that an architecture is trained with by default."""
+    if arch == "levi_hassner":
+        return LEVI_HASSNER_RESIZE, LEVI_HASSNER_INPUT
+    return 256, 224
+
+
+def build_model(arch: str, num_outputs: int, dropout: float = 0.5,
+                head: str = "linear", num_ranks: int | None = None) -> nn.Module:
+    """Rebuild a network from the ``model_args`` a checkpoint stores.
+
+    arch: one of ARCHITECTURES.
+    num_outputs: number of classes (for head="linear").
+    head: "linear" (plain logits) or an ordinal loss name from losses.LOSSES,
+      in which case ``num_ranks`` (K) sets the head's size.
+    """
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {arch!r}; choose from {', '.join(ARCHITECTURES)}")
+    if head != "linear":
+        from losses import head_output_size, make_head  # ordinal heads live with their losses
+        if num_ranks is None:
+            raise ValueError("an ordinal head needs num_ranks")
+        num_outputs = head_output_size(head, num_ranks)
+    if arch == "levi_hassner":
+        model = LeviHassnerNet(num_outputs, dropout=dropout)
+        if head != "linear":
+            # swap the last linear layer for the ordinal head, same 512 inputs
+            model.classifier[-1] = make_head(head, 512, num_ranks)
+        return model
+    depth = int(arch.removeprefix("resnet"))
+    head_module = make_head(head, 512, num_ranks) if head != "linear" else nn.Linear(512, num_outputs)
+    return ResNetRegressor(depth, head_module)

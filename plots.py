@@ -1,0 +1,103 @@
+"""Training figures and logs, always written atomically.
+
+Matplotlib runs headless (Agg); each figure is rendered to memory and renamed
+into place, so a run stopped at any moment still has its last good plots.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from checkpointing import atomic_write, atomic_write_text  # noqa: E402
+
+
+def _save(fig, path: str | os.PathLike) -> None:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    with atomic_write(path, "wb") as f:
+        f.write(buf.getbuffer())
+
+
+def plot_loss(iter_losses: list, path, title: str = "training loss") -> None:
+    """Loss against iteration, with a moving average to read the trend."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(range(1, len(iter_losses) + 1), iter_losses, lw=0.6, alpha=0.5, label="per batch")
+    k = max(1, len(iter_losses) // 50)
+    if k > 1:
+        smooth = [sum(iter_losses[max(0, i - k + 1):i + 1]) / len(iter_losses[max(0, i - k + 1):i + 1])
+                  for i in range(len(iter_losses))]
+        ax.plot(range(1, len(smooth) + 1), smooth, lw=1.5, label=f"mean of {k}")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("loss")
+    ax.set_title(title)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    _save(fig, path)
+
+
+def plot_curves(epochs: list[dict], keys: dict, path, ylabel: str, title: str) -> None:
+    """One line per metric key against epoch; keys maps metric key -> label."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key, label in keys.items():
+        pts = [(e["epoch"], e[key]) for e in epochs if e.get(key) is not None]
+        if pts:
+            ax.plot(*zip(*pts), marker="o", ms=3, label=label)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    _save(fig, path)
+
+
+def plot_confusion(matrix: list[list[int]], classes: list[str], path, title: str) -> None:
+    n = len(classes)
+    fig, ax = plt.subplots(figsize=(1.2 * n + 2.5, 1.2 * n + 2))
+    ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(n), classes, rotation=45, ha="right")
+    ax.set_yticks(range(n), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    peak = max(max(r) for r in matrix) or 1
+    for i in range(n):
+        for j in range(n):
+            ax.text(j, i, str(matrix[i][j]), ha="center", va="center",
+                    color="white" if matrix[i][j] > peak / 2 else "black")
+    ax.set_title(title)
+    _save(fig, path)
+
+
+def plot_scatter(true: list, pred: list, path, title: str) -> None:
+    """Predicted against true value (exact age), with the identity line."""
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.scatter(true, pred, s=4, alpha=0.3)
+    lo, hi = min(true + pred), max(true + pred)
+    ax.plot([lo, hi], [lo, hi], "k--", lw=1)
+    ax.set_xlabel("true")
+    ax.set_ylabel("predicted")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    _save(fig, path)
+
+
+def write_jsonl(records: list[dict], path) -> None:
+    """The whole metrics log, rewritten atomically (it is small)."""
+    atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+
+
+def write_json(obj, path) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def ensure_dir(path) -> Path:
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
