@@ -62,7 +62,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--cache", default="auto", choices=("auto", "memory", "stream"),
                    help="decode images once into memory, or decode every epoch in workers; auto picks "
                         "memory when it fits in half the free RAM")
-    p.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA)")
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                   help="bf16 autocast; default: on for CUDA with bf16 and for CPUs with AMX/AVX512-BF16 "
+                        "(2.4x faster training measured here), off elsewhere")
     p.add_argument("--eval-every", type=int, default=5, help="evaluate every this many epochs (and after the last)")
     p.add_argument("--save-every", type=int, default=5, help="save checkpoint<epoch>.tar every this many epochs")
     p.add_argument("--resume", nargs="?", const="last", default=None, metavar="PATH",
@@ -95,6 +97,19 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
+
+
+def bf16_is_fast(device: torch.device) -> bool:
+    """Whether bf16 autocast speeds training up on this device (measured: a
+    Levi-Hassner step went from 37 to 88 img/s on a 2-core AMX Xeon)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        return False
+    return " amx_bf16" in flags or " avx512_bf16" in flags
 
 
 def resolve_device(name: str) -> torch.device:
@@ -358,6 +373,8 @@ def main(args) -> dict:
             raise ds.DatasetError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
 
     device = resolve_device(args.device)
+    if args.amp is None:
+        args.amp = bf16_is_fast(device)
     rank, world = init_distributed(device)
     log = print if rank == 0 else (lambda *a, **k: None)
     cores = os.cpu_count() or 1
