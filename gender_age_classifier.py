@@ -46,6 +46,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--lr-step", type=int, default=5, help="decay the learning rate every this many epochs")
     p.add_argument("--lr-gamma", type=float, default=0.9, help="learning-rate decay factor")
     p.add_argument("--weight-decay", type=float, default=0.0, help="L2 weight decay")
+    p.add_argument("--label-smoothing", type=float, default=0.0, help="cross-entropy label smoothing")
+    p.add_argument("--aug", default="strong", choices=("original", "strong"),
+                   help="original: RandomCrop(227) + flip; strong: also scale, shift, rotation and colour "
+                        "(see datasets.Preset.train_batch_strong)")
     p.add_argument("--arch", default="levi_hassner", choices=ARCHITECTURES, help="network")
     p.add_argument("--dropout", type=float, default=0.5, help="dropout of the fully connected layers")
     p.add_argument("--data-dir", default=None,
@@ -261,12 +265,12 @@ def train_one_epoch(model, optimizer, data, state: dict, args, ctx) -> dict:
         x = x.to(device, non_blocking=True)
         y = y.to(device, non_blocking=True)
         # crop + flip + normalise on the device, from the CPU generator's draws
-        x = preset.train_batch(x, gen)
+        x = preset.train_batch_strong(x, gen) if args.aug == "strong" else preset.train_batch(x, gen)
         if ctx["channels_last"]:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp):
             logits = model(x)
-            loss = F.cross_entropy(logits.float(), y)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=args.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
