@@ -490,3 +490,126 @@ def write_bad_list(bad: Sequence, path: str | os.PathLike) -> None:
     from checkpointing import atomic_write_text
     rows = ["path,reason"] + [f'"{p}","{r.replace(chr(34), chr(39))}"' for p, r in bad]
     atomic_write_text(path, "\n".join(rows) + "\n")
+
+
+# --------------------------------------------------------------------------
+# Exact age: labels from file names (UTKFace, IMDB-WIKI) or from CSV files
+# --------------------------------------------------------------------------
+
+@dataclass
+class AgeSamples:
+    """Image paths with their exact ages, and the rows that could not be used."""
+    paths: list
+    ages: list
+    problems: list = field(default_factory=list)  # (where, reason)
+
+
+def parse_utkface_name(name: str) -> int:
+    """'29_1_3_20170104235317706.jpg.chip.jpg' -> 29.
+
+    Copes with the set's quirks: three names lack the gender or race field
+    ('39_1_20170116174525125.jpg.chip.jpg'), one has a space before the
+    extension. Only the leading age field is needed. Raises ValueError.
+    """
+    head = name.strip().split("_", 1)[0]
+    if not head.isdigit():
+        raise ValueError(f"no leading age in {name!r}")
+    age = int(head)
+    if not 0 <= age <= 130:
+        raise ValueError(f"age {age} out of range in {name!r}")
+    return age
+
+
+def parse_imdb_wiki_name(name: str) -> int:
+    """'113158_1957-10-25_2007.jpg' -> 49: photo year - birth year, minus one
+    when the birthday falls in the second half of the year (IMDB-WIKI takes
+    the photo as taken mid-year). Raises ValueError."""
+    stem = name.rsplit(".", 1)[0]
+    parts = stem.split("_")
+    if len(parts) < 3:
+        raise ValueError(f"not an IMDB-WIKI name <id>_<YYYY-MM-DD>_<year>: {name!r}")
+    birth, year = parts[-2], parts[-1]
+    try:
+        by, bm = int(birth[:4]), int(birth[5:7])
+        age = int(year) - by - (1 if bm >= 7 else 0)
+    except ValueError:
+        raise ValueError(f"bad birth date or year in {name!r}") from None
+    if not 0 <= age <= 130:
+        raise ValueError(f"age {age} out of range in {name!r}")
+    return age
+
+
+NAME_PARSERS = {"utkface": parse_utkface_name, "imdb-wiki": parse_imdb_wiki_name}
+
+
+def ages_from_names(root: str | os.PathLike, parser: str) -> AgeSamples:
+    """Every image under ``root`` (any depth) labelled by its file name."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"image folder {root} not found: pass --data-dir")
+    out = AgeSamples([], [])
+    for p in list_images(root):
+        try:
+            out.ages.append(NAME_PARSERS[parser](p.name))
+            out.paths.append(str(p))
+        except ValueError as e:
+            out.problems.append((str(p), str(e)))
+    if not out.paths:
+        raise DatasetError(f"no image under {root} has a {parser} age in its name")
+    return out
+
+
+def ages_from_csv(csv_path: str | os.PathLike, image_dir: str | os.PathLike, path_column: str = "file",
+                  age_column: str = "age", age_offset: int = 0) -> AgeSamples:
+    """A CSV with one column of image paths (relative to image_dir) and one of ages.
+
+    age_offset is added to the age column: the CORAL paper's CSVs store the rank
+    (age minus the data set's youngest age: UTKFace 21, CACD 14, AFAD 15,
+    MORPH-2 16). Missing files and bad rows are reported, not fatal.
+    """
+    csv_path, image_dir = Path(csv_path), Path(image_dir)
+    if not csv_path.is_file():
+        raise DatasetError(f"CSV file {csv_path} not found")
+    out = AgeSamples([], [])
+    with open(csv_path, newline="", encoding="utf-8", errors="replace") as f:
+        reader = csv.DictReader(f)
+        cols = reader.fieldnames or []
+        if path_column not in cols or age_column not in cols:
+            raise DatasetError(f"{csv_path} needs columns '{path_column}' and '{age_column}' (has {cols}): "
+                               f"set --path-column / --age-column")
+        for line, row in enumerate(reader, start=2):
+            where = f"{csv_path.name}:{line}"
+            name, age = (row.get(path_column) or "").strip(), (row.get(age_column) or "").strip()
+            try:
+                value = float(age)
+                if not value.is_integer():
+                    raise ValueError
+                value = int(value) + age_offset
+            except ValueError:
+                out.problems.append((where, f"bad age {age!r}"))
+                continue
+            if not name:
+                out.problems.append((where, "no image path"))
+                continue
+            path = image_dir / name
+            if not path.is_file():
+                out.problems.append((where, f"missing image {path}"))
+                continue
+            out.paths.append(str(path))
+            out.ages.append(value)
+    if not out.paths:
+        raise DatasetError(f"{csv_path} has no usable rows (first problem: "
+                           f"{out.problems[0][1] if out.problems else 'empty file'})")
+    return out
+
+
+def to_ranks(samples: AgeSamples, min_age: int, max_age: int, name: str) -> SampleSet:
+    """Exact ages -> ranks (age - min_age) in a SampleSet; ages outside
+    [min_age, max_age] are dropped and reported."""
+    keep = [i for i, a in enumerate(samples.ages) if min_age <= a <= max_age]
+    dropped = [(samples.paths[i], f"age {samples.ages[i]} outside {min_age}-{max_age}")
+               for i in range(len(samples.paths)) if not min_age <= samples.ages[i] <= max_age]
+    out = SampleSet([samples.paths[i] for i in keep], [samples.ages[i] - min_age for i in keep],
+                    [str(a) for a in range(min_age, max_age + 1)], name)
+    out.skipped = list(samples.problems) + dropped
+    return out

@@ -217,39 +217,38 @@ def is_video(path) -> bool:
     return str(path).lower().endswith(VIDEO_EXTENSIONS)
 
 
-def read_video(path, every: int = 1):
-    """Yield (frame index, time in s or None, RGB PIL image, sampled) for every frame;
-    ``sampled`` is True for every ``every``-th frame, starting with frame 0.
+class Video:
+    """A video file opened with OpenCV: ``fps``, ``size`` (W, H) and ``frames()``.
 
     Raises FaceError when the file cannot be opened as a video.
     """
-    import cv2
-    cap = cv2.VideoCapture(str(path))
-    try:
-        if not cap.isOpened():
-            raise FaceError("cannot open as a video (missing, unreadable or unsupported codec)")
-        fps = cap.get(cv2.CAP_PROP_FPS) or 0.0
+
+    def __init__(self, path):
+        import cv2
+        self._cv2, self.path = cv2, str(path)
+        self.cap = cv2.VideoCapture(self.path)
+        if not self.cap.isOpened():
+            self.cap.release()
+            raise FaceError("cannot open as a video (unreadable, or a codec OpenCV lacks)")
+        self.fps = float(self.cap.get(cv2.CAP_PROP_FPS) or 0.0)
+        self.size = (int(self.cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(self.cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+
+    def frames(self, every: int = 1):
+        """Yield (index, time in s or None, RGB PIL image, sampled) for every frame, in order;
+        ``sampled`` is True for every ``every``-th frame from frame 0. FaceError if none decodes."""
         index = 0
-        while True:
-            ok, frame = cap.read()
-            if not ok:
-                break
-            rgb = Image.fromarray(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
-            yield index, (round(index / fps, 3) if fps > 0 else None), rgb, index % every == 0
-            index += 1
+        try:
+            while True:
+                ok, frame = self.cap.read()
+                if not ok:
+                    break
+                rgb = Image.fromarray(self._cv2.cvtColor(frame, self._cv2.COLOR_BGR2RGB))
+                yield index, (round(index / self.fps, 3) if self.fps > 0 else None), rgb, index % every == 0
+                index += 1
+        finally:
+            self.cap.release()
         if index == 0:
             raise FaceError("no frame could be decoded")
-    finally:
-        cap.release()
-
-
-def video_fps(path) -> float:
-    import cv2
-    cap = cv2.VideoCapture(str(path))
-    try:
-        return cap.get(cv2.CAP_PROP_FPS) or 25.0
-    finally:
-        cap.release()
 
 
 class VideoWriter:
@@ -278,19 +277,50 @@ COLOURS = ((255, 64, 64), (64, 200, 255), (255, 210, 0), (80, 230, 80), (230, 80
 
 
 def draw_faces(img: Image.Image, labelled: list[tuple]) -> Image.Image:
-    """A copy of ``img`` with each (box, text) drawn: a rectangle and its label above it."""
+    """A copy of ``img`` with each (box, text) drawn: a rectangle, its label above it
+    (inside it when the box touches the top edge)."""
     out = img.copy()
     draw = ImageDraw.Draw(out)
     width = max(2, round(max(img.size) / 300))
     try:
         font = ImageFont.load_default(size=max(12, round(max(img.size) / 45)))
-    except TypeError:  # Pillow without FreeType
+    except TypeError:  # Pillow without FreeType: fixed-size bitmap font
         font = ImageFont.load_default()
     for i, (box, text) in enumerate(labelled):
         colour = COLOURS[i % len(COLOURS)]
         draw.rectangle([round(v) for v in box], outline=colour, width=width)
-        x, y = box[0], max(0, box[1] - width)
-        tb = draw.textbbox((x, y), text, font=font, anchor="lb")
-        draw.rectangle(tb, fill=colour)
-        draw.text((x, y), text, fill=(0, 0, 0), font=font, anchor="lb")
+        if not text:
+            continue
+        left, _, right, bottom = draw.textbbox((0, 0), text, font=font)
+        x, y = round(box[0]), round(box[1]) - bottom - width
+        if y < 0:
+            y = round(box[1]) + width
+        draw.rectangle((x, y, x + right + 2 * width, y + bottom + width), fill=colour)
+        draw.text((x + width, y), text, fill=(0, 0, 0), font=font)
     return out
+
+
+# --------------------------------------------------------------------------
+# Synthetic photos (tests and bench_predict.py)
+# --------------------------------------------------------------------------
+
+def background(size: tuple, seed: int) -> Image.Image:
+    """A face-free RGB picture of ``size`` (W, H): a smooth random colour field plus noise."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    field = Image.fromarray(rng.integers(0, 256, (4, 5, 3), dtype=np.uint8)).resize((w, h), Image.BICUBIC)
+    noisy = np.asarray(field, dtype=np.float64) + rng.normal(0, 12, (h, w, 3))
+    return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
+
+
+def paste_crops(canvas: Image.Image, crops: list[Image.Image], places: list[tuple]) -> tuple:
+    """Paste square face crops onto a copy of ``canvas``: place (x, y, side) per crop.
+
+    Returns (photo, squares): squares[i] = (x, y, x + side, y + side), where crop i now lies.
+    """
+    photo = canvas.copy()
+    squares = []
+    for crop, (x, y, side) in zip(crops, places):
+        photo.paste(crop.resize((side, side), Image.BILINEAR), (x, y))
+        squares.append((x, y, x + side, y + side))
+    return photo, squares
