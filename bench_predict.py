@@ -6,8 +6,9 @@
 1. Detector recall: ``--n`` real face crops of gender-data/test, 90-260 px,
    pasted at random places onto 640x480 face-free backgrounds. A face counts
    as found when a detection has IoU >= 0.5 with the face box the detector
-   puts in a training crop (``faces.face_in_crop`` of the pasted square);
-   false detections are counted on the same photos and on ``--n / 2``
+   puts in a training crop (``faces.face_in_crop`` of the pasted square).
+   Other detections are counted on the same photos (mostly real faces in the
+   crops' own backgrounds) and, as false detections, on ``--n / 2``
    backgrounds without a face.
 2. predict.py's rate (files -> predictions) with an untrained Levi-Hassner
    checkpoint: face crops with --detect off and with --detect on, and the
@@ -77,7 +78,7 @@ def pasted_photos(crops: list[str], seed: int = 0, size=(640, 480)):
 def detector_recall(crops: list[str], name: str) -> dict:
     """Recall and false detections of one detector on pasted faces and on empty backgrounds."""
     det = faces.make_detector(name)
-    found = false = 0
+    found = other = 0
     t = 0.0
     for photo, square in pasted_photos(crops):
         truth = faces.face_in_crop(square, det.geometry)
@@ -86,10 +87,10 @@ def detector_recall(crops: list[str], name: str) -> dict:
         t += time.perf_counter() - t0
         hits = [f for f in boxes if faces.iou(f.box, truth) >= 0.5]
         found += bool(hits)
-        false += len(boxes) - min(1, len(hits))
+        other += len(boxes) - min(1, len(hits))
     empty = sum(len(faces.detect_faces(det, faces.background((640, 480), 10_000 + i)))
                 for i in range(len(crops) // 2))
-    return {"recall": found / len(crops), "found": found, "n": len(crops), "false_on_photos": false,
+    return {"recall": found / len(crops), "found": found, "n": len(crops), "other_on_photos": other,
             "false_on_empty": empty, "n_empty": len(crops) // 2, "ms_per_photo": 1000 * t / len(crops)}
 
 
@@ -161,8 +162,8 @@ def main(argv=None) -> int:
     r = {"threads": args.threads, "recall": {}}
     for name in faces.DETECTORS:
         s = r["recall"][name] = detector_recall(crops, name)
-        print(f"1. {name:5s}: recall {s['found']}/{s['n']}, false detections {s['false_on_photos']} on those "
-              f"photos and {s['false_on_empty']} on {s['n_empty']} empty ones, {s['ms_per_photo']:.0f} ms/photo",
+        print(f"1. {name:5s}: recall {s['found']}/{s['n']}, {s['ms_per_photo']:.0f} ms/photo; other detections "
+              f"{s['other_on_photos']} on those photos, {s['false_on_empty']} on {s['n_empty']} without a face",
               flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

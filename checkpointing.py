@@ -51,12 +51,14 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         f.write(text)
 
 
-def atomic_torch_save(obj, path: str | os.PathLike) -> None:
-    # serialise to memory first: a failing torch.save leaves no partial file
+def atomic_torch_save(obj, *paths: str | os.PathLike) -> None:
+    """Serialise once to memory (a failing torch.save leaves no partial file),
+    then write each path atomically."""
     buf = io.BytesIO()
     torch.save(obj, buf)
-    with atomic_write(path, "wb") as f:
-        f.write(buf.getbuffer())
+    for path in paths:
+        with atomic_write(path, "wb") as f:
+            f.write(buf.getbuffer())
 
 
 def check_writable(folder: str | os.PathLike, need_bytes: int = 0) -> None:

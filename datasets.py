@@ -487,9 +487,13 @@ def drop_bad(samples: SampleSet, bad: Iterable) -> SampleSet:
 
 def write_bad_list(bad: Sequence, path: str | os.PathLike) -> None:
     """The list of skipped images, as CSV (path, reason)."""
+    import io
     from checkpointing import atomic_write_text
-    rows = ["path,reason"] + [f'"{p}","{r.replace(chr(34), chr(39))}"' for p, r in bad]
-    atomic_write_text(path, "\n".join(rows) + "\n")
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["path", "reason"])
+    writer.writerows(bad)
+    atomic_write_text(path, buf.getvalue())
 
 
 # --------------------------------------------------------------------------
@@ -530,7 +534,8 @@ def parse_imdb_wiki_name(name: str) -> int:
         raise ValueError(f"not an IMDB-WIKI name <id>_<YYYY-MM-DD>_<year>: {name!r}")
     birth, year = parts[-2], parts[-1]
     try:
-        by, bm = int(birth[:4]), int(birth[5:7])
+        fields = birth.split("-")  # IMDB writes 1955-1-12 as often as 1955-01-12
+        by, bm = int(fields[0]), int(fields[1])
         age = int(year) - by - (1 if bm >= 7 else 0)
     except ValueError:
         raise ValueError(f"bad birth date or year in {name!r}") from None

@@ -11,12 +11,13 @@ is downloaded at run time):
 * ``haar``: OpenCV's frontal-face Haar cascade, bundled in
   opencv-python-headless 4.x (``cv2.data.haarcascades``; OpenCV 5 dropped it).
 
-Chosen by measurement (bench_predict.py, 100 real face crops of
-gender-data/test, 90-260 px, pasted onto 640x480 backgrounds, one thread of a
-shared 2-core CPU): MTCNN found 100/100 faces (IoU >= 0.5), the Haar cascade
-93/100; MTCNN took 124 ms per photo, Haar 99 ms. MediaPipe 1.x ships no face
-model in its wheel, and OpenCV's YuNet needs a separate model file, so neither
-was usable here.
+Chosen by measurement (bench_predict.py: 100 real face crops of
+gender-data/test, 90-260 px, pasted onto 640x480 backgrounds; one thread of a
+2-core CPU busy with a training run): MTCNN found 100/100 faces (IoU >= 0.5),
+the Haar cascade 95/100; on 50 face-free backgrounds MTCNN made no false
+detection, Haar one. Speed is similar: 167 vs 128 ms per photo. MediaPipe 1.x
+ships no face model in its wheel and OpenCV's YuNet needs a separate model
+file, so neither was usable here.
 
 Crops. The models were trained on IMDB-WIKI face crops: square, with a wide
 margin around the face. Each detector puts its box at a characteristic place
@@ -71,8 +72,8 @@ class Geometry:
 
 
 GEOMETRY = {
-    "mtcnn": Geometry(0.499, 0.462, 0.440, 0.587),
-    "haar": Geometry(0.482, 0.458, 0.553, 0.551),
+    "mtcnn": Geometry(0.494, 0.461, 0.438, 0.583),
+    "haar": Geometry(0.475, 0.460, 0.549, 0.549),
 }
 
 
@@ -140,6 +141,16 @@ def crop_face(img: Image.Image, square) -> Image.Image:
 # Detectors
 # --------------------------------------------------------------------------
 
+def _cv2():
+    """OpenCV, or FaceError saying how to install it."""
+    try:
+        import cv2
+    except ImportError:
+        raise FaceError("the Haar detector and videos need OpenCV: "
+                        "pip install opencv-python-headless==4.14.0.94") from None
+    return cv2
+
+
 class MtcnnDetector:
     """facenet-pytorch's MTCNN: RGB uint8 (H, W, 3) -> faces with score >= min_score."""
 
@@ -152,10 +163,12 @@ class MtcnnDetector:
             raise FaceError(f"the mtcnn detector needs facenet-pytorch ({e}): pip install --no-deps "
                             f"facenet-pytorch==2.6.0 requests, or use --detector haar") from None
         self.geometry = GEOMETRY[self.name]
-        self.min_score = min_score
+        self.min_score, self.min_size = min_score, min_size
         self.model = MTCNN(keep_all=True, device=device, min_face_size=min_size, select_largest=False)
 
     def detect(self, rgb: np.ndarray) -> list[Face]:
+        if min(rgb.shape[:2]) < self.min_size:  # no face fits (and MTCNN's image pyramid would be empty)
+            return []
         boxes, scores = self.model.detect(rgb)
         if boxes is None:
             return []
@@ -170,7 +183,7 @@ class HaarDetector:
     name = "haar"
 
     def __init__(self, min_size: int = 24, min_neighbors: int = 5):
-        import cv2
+        cv2 = _cv2()
         path = os.path.join(getattr(getattr(cv2, "data", None), "haarcascades", ""),
                             "haarcascade_frontalface_default.xml")
         self.cascade = cv2.CascadeClassifier(path) if hasattr(cv2, "CascadeClassifier") else None
@@ -181,7 +194,7 @@ class HaarDetector:
         self.min_size, self.min_neighbors = min_size, min_neighbors
 
     def detect(self, rgb: np.ndarray) -> list[Face]:
-        import cv2
+        cv2 = _cv2()
         gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
         found = self.cascade.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=self.min_neighbors,
                                               minSize=(self.min_size, self.min_size))
@@ -224,7 +237,7 @@ class Video:
     """
 
     def __init__(self, path):
-        import cv2
+        cv2 = _cv2()
         self._cv2, self.path = cv2, str(path)
         self.cap = cv2.VideoCapture(self.path)
         if not self.cap.isOpened():
@@ -255,7 +268,7 @@ class VideoWriter:
     """Writes RGB PIL frames to an .mp4 (mp4v) or .avi (MJPG) file."""
 
     def __init__(self, path, fps: float, size: tuple):
-        import cv2
+        cv2 = _cv2()
         self._cv2 = cv2
         codec = "MJPG" if str(path).lower().endswith(".avi") else "mp4v"
         self.writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*codec), fps, size)

@@ -41,7 +41,7 @@ from PIL import Image
 import datasets as ds
 import faces
 import losses
-from checkpointing import CheckpointError, atomic_write, expect, load_checkpoint
+from checkpointing import CheckpointError, expect, load_checkpoint
 from models import build_model
 
 TASK_DATA = {"gender": "gender-data", "age": "age-data"}
@@ -241,8 +241,8 @@ class Region:
     """What to predict on in an image: a detected face, the whole image, or a 'no face' marker.
 
     box: (x0, y0, x1, y1) in image pixels (the face, or the square the model
-    sees); square: the RGB crop to predict on (any size, squared by
-    ``ds.resize_square``), None for no face.
+    sees); square: the RGB square to predict on, already at the models' input
+    size R (the largest ``preset.resize``), None for no face.
     """
     face: int | None
     box: tuple | None
@@ -264,24 +264,26 @@ class Unit:
     sampled: bool = True  # False: a video frame only carried along for the annotated video
 
 
-def whole_image(img: Image.Image) -> Region:
-    """The central square that ``ds.resize_square`` keeps, as a region."""
+def whole_image(img: Image.Image, size: int) -> Region:
+    """The image as the training pipeline sees it: ``ds.resize_square`` to ``size``; box = its central square."""
     w, h = img.size
     s = min(w, h)
     left, top = (w - s) // 2, (h - s) // 2
-    return Region(0, (left, top, left + s, top + s), None, "whole image", img)
+    return Region(0, (left, top, left + s, top + s), None, "whole image", ds.resize_square(img, size))
 
 
-def find_regions(img: Image.Image, mode: str, detector, detect_size: int = faces.DETECT_SIZE) -> list[Region]:
-    """RGB image -> regions to predict on, per ``mode`` (auto/on/off, see the module doc)."""
+def find_regions(img: Image.Image, mode: str, detector, size: int,
+                 detect_size: int = faces.DETECT_SIZE) -> list[Region]:
+    """RGB image -> regions to predict on, squares of ``size`` px, per ``mode`` (auto/on/off, see the module doc)."""
     if mode == "off":
-        return [whole_image(img)]
+        return [whole_image(img, size)]
     found = faces.detect_faces(detector, img, detect_size)
     if mode == "auto" and faces.looks_like_crop(img.size, found, detector.geometry):
-        return [whole_image(img)]
+        return [whole_image(img, size)]
     if not found:
         return [Region(None, None, None, "no face found", None)]
-    return [Region(i, f.box, f.score, "detector", faces.crop_face(img, faces.crop_square(f.box, detector.geometry)))
+    return [Region(i, f.box, f.score, "detector",
+                   ds.resize_square(faces.crop_face(img, faces.crop_square(f.box, detector.geometry)), size))
             for i, f in enumerate(found)]
 
 
@@ -317,10 +319,11 @@ def image_units(paths: list[str], mode: str, detector, workers: int, keep_image:
             if img is None:
                 yield Unit(paths[i], error=err)
             else:
-                yield Unit(paths[i], image=img if keep_image else None, regions=find_regions(img, mode, detector, detect_size))
+                yield Unit(paths[i], image=img if keep_image else None,
+                           regions=find_regions(img, mode, detector, resize, detect_size))
 
 
-def video_units(path: str, every: int, mode: str, detector, keep_frames: bool,
+def video_units(path: str, every: int, mode: str, detector, keep_frames: bool, resize: int,
                 detect_size: int = faces.DETECT_SIZE):
     """Yield a Unit per sampled frame of a video (and, with ``keep_frames``, the others too)."""
     try:
@@ -328,7 +331,7 @@ def video_units(path: str, every: int, mode: str, detector, keep_frames: bool,
         for index, t, img, sampled in video.frames(every):
             if sampled:
                 yield Unit(path, index, t, video.fps, img if keep_frames else None,
-                           find_regions(img, mode, detector, detect_size))
+                           find_regions(img, mode, detector, resize, detect_size))
             elif keep_frames:
                 yield Unit(path, index, t, video.fps, img, sampled=False)
     except faces.FaceError as e:
@@ -369,7 +372,7 @@ def all_units(paths: list[str], args, detector, workers: int, resize: int):
         group = list(group)
         if video:
             for path in group:
-                yield from video_units(path, args.every, args.detect, detector, keep, args.detect_size)
+                yield from video_units(path, args.every, args.detect, detector, keep, resize, args.detect_size)
         else:
             yield from image_units(group, args.detect, detector, min(workers, len(group) // args.batch_size),
                                    keep, resize, args.detect_size)
@@ -557,6 +560,11 @@ def face_label(result: dict | None, predictors: dict) -> str:
     return "  ".join(parts)
 
 
+def _partial(final: Path) -> Path:
+    """A hidden name beside ``final`` to write to before renaming (a crash leaves no half file)."""
+    return final.with_name(f".{final.stem}.partial{final.suffix}")
+
+
 class Annotator:
     """Writes annotated copies into ``out_dir``: images as they come, videos frame by frame
     (frames between sampled ones keep the last boxes). File names are kept; a clash gets -1, -2..."""
@@ -587,16 +595,15 @@ class Annotator:
             self._finish_video()
             suffix = Path(unit.file).suffix.lower()
             target = self._target(unit.file, suffix if suffix in ANNOTATE_SUFFIXES else ".png")
-            img = faces.draw_faces(unit.image, labelled)
-            fmt = Image.registered_extensions()[target.suffix]
-            with atomic_write(target) as f:
-                img.save(f, format=fmt)
+            partial = _partial(target)
+            faces.draw_faces(unit.image, labelled).save(partial, format=Image.registered_extensions()[target.suffix])
+            os.replace(partial, target)
             return
         if self.video is None or self.video[0] != unit.file:
             self._finish_video()
             suffix = ".avi" if unit.file.lower().endswith(".avi") else ".mp4"
             final = self._target(unit.file, suffix)
-            partial = final.with_name(f".{final.stem}.partial{suffix}")
+            partial = _partial(final)
             self.video = [unit.file, faces.VideoWriter(partial, unit.fps or 25.0, unit.image.size), partial, final, []]
         if unit.sampled:
             self.video[4] = labelled

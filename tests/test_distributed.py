@@ -16,7 +16,8 @@ def test_torchrun_two_processes(tmp_path, capsys):
     out = tmp_path / "c"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
            str(ROOT / "gender_age_classifier.py"), "--data-dir", str(data), "--checkpoint-dir", str(out),
-           "-ep", "2", "-b", "8", "--no-progress", "--workers", "0", "--eval-every", "1"]
+           "-ep", "2", "-b", "8", "--no-progress", "--workers", "0", "--eval-every", "1",
+           "--arch", "resnet18", "--resize", "40", "--crop", "32"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr

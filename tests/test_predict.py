@@ -26,8 +26,9 @@ def trained(tmp_path_factory):
     cwd = os.getcwd()
     os.chdir(root)
     try:
-        assert gac.cli(["-ep", "1", "--no-progress", "--workers", "0", "-b", "8"]) == 0
-        assert gac.cli(["-a", "-ep", "1", "--no-progress", "--workers", "0", "-b", "8"]) == 0
+        light = ["--arch", "resnet18", "--resize", "40", "--crop", "32"]
+        assert gac.cli(["-ep", "1", "--no-progress", "--workers", "0", "-b", "8", *light]) == 0
+        assert gac.cli(["-a", "-ep", "1", "--no-progress", "--workers", "0", "-b", "8", *light]) == 0
     finally:
         os.chdir(cwd)
     return root

@@ -10,7 +10,7 @@ import gender_age_classifier as gac
 from checkpointing import atomic_torch_save, load_checkpoint
 from conftest import make_folder_dataset
 
-FAST = ["--no-progress", "--workers", "0", "-b", "8", "-ep", "1"]
+FAST = ["--no-progress", "--workers", "0", "-b", "8", "-ep", "1", "--arch", "resnet18", "--resize", "40", "--crop", "32"]
 
 
 def train(data, out, *extra):

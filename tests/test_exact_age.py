@@ -1,0 +1,162 @@
+"""Exact age: label parsing (real quirks), metrics, and an ordinal training run."""
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+
+import datasets as ds
+import gender_age_classifier as gac
+from checkpointing import load_checkpoint
+from conftest import make_image
+from tasks import OrdinalTask
+
+LIGHT = ["--arch", "resnet18", "--resize", "40", "--crop", "32", "--no-progress", "--workers", "0", "-b", "8"]
+
+
+@pytest.mark.parametrize("name,age", [
+    ("29_1_3_20170104235317706.jpg.chip.jpg", 29),
+    ("39_1_20170116174525125.jpg.chip.jpg", 39),         # no gender field
+    ("24_0_1_20170116220224657 .jpg.chip.jpg", 24),      # a space before the extension
+    ("1_0_0_20161219140623097.jpg.chip.jpg", 1),
+    ("116_1_0_20170120134921760.jpg.chip.jpg", 116),
+])
+def test_utkface_names(name, age):
+    assert ds.parse_utkface_name(name) == age
+
+
+@pytest.mark.parametrize("bad", ["x_1_2_3.jpg", "_1.jpg", "999_0_0_1.jpg"])
+def test_utkface_bad_names(bad):
+    with pytest.raises(ValueError):
+        ds.parse_utkface_name(bad)
+
+
+@pytest.mark.parametrize("name,age", [
+    ("113158_1957-10-25_2007.jpg", 49),   # birthday in the second half: 2007 - 1957 - 1
+    ("113296_1953-05-11_2010.jpg", 57),   # first half: 2010 - 1953
+    ("nm0000100_rm46373120_1955-1-12_2003.jpg", 48),
+])
+def test_imdb_wiki_names(name, age):
+    assert ds.parse_imdb_wiki_name(name) == age
+
+
+def test_imdb_wiki_bad_names():
+    for bad in ("face.jpg", "1_19xx-01-01_2000.jpg", "1_2010-01-01_1900.jpg"):
+        with pytest.raises(ValueError):
+            ds.parse_imdb_wiki_name(bad)
+
+
+def test_csv_with_missing_and_bad_rows_is_reported_not_fatal(tmp_path):
+    for i in range(3):
+        make_image(tmp_path / "img" / f"{i}.jpg", 0, i)
+    path = tmp_path / "ages.csv"
+    path.write_text(",file,age\n0,0.jpg,5\n1,1.jpg,not-a-number\n2,missing.jpg,7\n3,,8\n4,2.jpg,9.0\n5,2.jpg,3.5\n")
+    out = ds.ages_from_csv(path, tmp_path / "img", age_offset=21)
+    assert out.ages == [26, 30] and [p.split("/")[-1] for p in out.paths] == ["0.jpg", "2.jpg"]
+    reasons = [r for _, r in out.problems]
+    assert len(reasons) == 4 and "bad age 'not-a-number'" in reasons[0] and "missing image" in reasons[1]
+    with pytest.raises(ds.DatasetError, match="needs columns"):
+        ds.ages_from_csv(path, tmp_path / "img", path_column="path")
+
+
+def test_to_ranks_drops_out_of_range_ages():
+    s = ds.to_ranks(ds.AgeSamples(["a", "b", "c"], [20, 21, 60]), 21, 59, "t")
+    assert s.paths == ["b"] and s.targets == [0] and len(s.classes) == 39
+    assert s.skipped == [("a", "age 20 outside 21-59"), ("c", "age 60 outside 21-59")]
+
+
+def test_ordinal_metrics_by_hand():
+    task = OrdinalTask("coral", num_ranks=4, min_age=10)
+    # CORAL predicts the number of positive logits: ranks 3, 0, 2
+    logits = torch.tensor([[5.0, 5.0, 5.0], [-5.0, -5.0, -5.0], [5.0, 5.0, -5.0]])
+    y = torch.tensor([3, 3, 0])
+    m = task.metrics(task.stats(logits, y))
+    # errors 0, 3, 2 -> MAE 5/3, RMSE sqrt(13/3), all within 5 years
+    assert m["mae"] == pytest.approx(5 / 3) and m["rmse"] == pytest.approx((13 / 3) ** 0.5)
+    assert m["cs5"] == 1.0 and m["n"] == 3
+    assert task.is_better(1.0, 2.0) and not task.is_better(3.0, 2.0)
+
+
+@pytest.fixture
+def age_csvs(tmp_path):
+    """A tiny UTKFace-like folder with the paper's CSV layout (rank = age - 21)."""
+    img = tmp_path / "UTKFace"
+    rows = {"train": [], "test": []}
+    for i in range(24):
+        age = 21 + (i % 8) * 5
+        name = f"{age}_{i % 2}_0_2017010{i:03d}.jpg.chip.jpg"
+        make_image(img / name, (i % 8) // 3, i)
+        rows["test" if i % 4 == 0 else "train"].append((i, name, age - 21))
+    for split, rs in rows.items():
+        with open(tmp_path / f"utk_{split}.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["", "file", "age"])
+            w.writerows(rs)
+    return tmp_path
+
+
+@pytest.mark.parametrize("loss", ["coral", "corn", "ordinal", "ce"])
+def test_exact_age_training_run(age_csvs, tmp_path, loss, capsys):
+    out = tmp_path / "out"
+    argv = ["--task", "exact-age", "--loss", loss, "--data-dir", str(age_csvs), "--checkpoint-dir", str(out),
+            "-ep", "2", "--eval-every", "1", "--seed", "1", *LIGHT]
+    if loss == "coral":
+        argv += ["--imp-weight", "1"]
+    assert gac.cli(argv) == 0
+    text = capsys.readouterr().out
+    assert "ages 21-56 (36 ranks)" in text and "MAE" in text
+    ckpt = load_checkpoint(out / "model_best.tar")
+    assert ckpt["task"] == "exact-age"
+    assert ckpt["ordinal"] == {"loss": loss, "min_age": 21, "num_ranks": 36, "ce_mode": "argmax"}
+    assert ckpt["model_args"]["head"] == loss
+    assert ckpt["best"]["metric"] == "mae"
+    result = json.loads((out / "test_results.json").read_text())
+    assert set(result["test"]) >= {"mae", "rmse", "cs5"} and result["test"]["n"] == 6
+    rows = list(csv.DictReader(open(out / "test_predictions.csv")))
+    assert len(rows) == 6 and len([k for k in rows[0] if k.startswith("p_")]) == 36
+    for r in rows:
+        assert 21 <= float(r["predicted_age"]) <= 56
+        assert sum(float(r[k]) for k in r if k.startswith("p_")) == pytest.approx(1, abs=1e-3)
+    mae = sum(abs(float(r["predicted_age"]) - int(r["true_age"])) for r in rows) / 6
+    assert mae == pytest.approx(result["test"]["mae"], abs=0.02)
+    for name in ("mae.png", "test_scatter.png", "metrics.jsonl", "loss.png"):
+        assert (out / name).is_file(), name
+
+
+def test_exact_age_random_split_and_range_flags(age_csvs, tmp_path, capsys):
+    out = tmp_path / "o"
+    assert gac.cli(["--task", "exact-age", "--data-dir", str(age_csvs), "--checkpoint-dir", str(out), "-ep", "1",
+                    "--random-split", "0.25", "--min-age", "20", "--max-age", "60", *LIGHT]) == 0
+    assert "ages 20-60 (41 ranks)" in capsys.readouterr().out
+
+
+def test_exact_age_from_imdb_wiki_names(tmp_path, capsys):
+    for split, n in (("train", 6), ("test", 2)):
+        for i in range(n):
+            make_image(tmp_path / "d" / split / "x" / f"{i}_19{60 + i}-03-01_2000.jpg", 0, i)
+    (tmp_path / "d" / "train" / "x" / "nolabel.jpg").write_bytes(b"")
+    out = tmp_path / "o"
+    assert gac.cli(["--task", "exact-age", "--dataset", "imdb-wiki", "--data-dir", str(tmp_path / "d"),
+                    "--checkpoint-dir", str(out), "-ep", "1", *LIGHT]) == 0
+    text = capsys.readouterr().out
+    assert "ages 35-40" in text and "1 row(s) or file name(s) without a usable age" in text
+    lines = (out / "label_problems.csv").read_text().splitlines()
+    assert len(lines) == 2 and "nolabel.jpg" in lines[1]
+
+
+def test_exact_age_csv_dataset_needs_both_files(tmp_path, capsys):
+    assert gac.cli(["--task", "exact-age", "--dataset", "csv", "--checkpoint-dir", str(tmp_path), *LIGHT]) == 2
+    assert "needs --train-csv and --test-csv" in capsys.readouterr().err
+
+
+def test_real_utkface_split_parses(shared_data):
+    """The paper's CSV split on the real UTKFace folder: every row resolves."""
+    base = shared_data / "utkface"
+    train = ds.ages_from_csv(base / "utk_train.csv", base / "UTKFace", age_offset=21)
+    test = ds.ages_from_csv(base / "utk_test.csv", base / "UTKFace", age_offset=21)
+    assert (len(train.paths), len(test.paths)) == (13147, 3287)
+    assert min(train.ages) == 21 and max(train.ages) == 60 and not train.problems
+    every = ds.ages_from_names(base / "UTKFace", "utkface")
+    assert len(every.paths) == 23707 and not every.problems
