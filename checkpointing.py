@@ -93,7 +93,7 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
         first = str(e).strip().splitlines()[0] if str(e).strip() else "unsafe content"
         raise CheckpointError(f"refused to load {path}: it holds objects other than tensors and plain "
                               f"data, which could run code ({first[:160]})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError, IndexError) as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path} is not a readable checkpoint (truncated or not a PyTorch file: "
                               f"{msg[:160]})") from None

@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # One-time, idempotent set-up: a virtualenv with the pinned packages, and the
 # shared datasets linked into the git-ignored default data folders.
-# Usage: source-free; prints the python to use on its last line.
+# Usage: bash scripts/setup.sh  (prints the python to use on its last line)
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$here"
 
 # The virtualenv lives outside the clone, keyed by requirements.txt, so a fresh
 # clone (CI) reuses it instead of reinstalling torch every time.
-key=$(sha256sum requirements.txt | cut -c1-12)
+key=$(cat requirements.txt requirements-nodeps.txt | sha256sum | cut -c1-12)
 venv="${GAC_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/gender-age-classifier/venv-$key}"
 if [ ! -x "$venv/bin/python" ] || [ ! -f "$venv/.complete" ]; then
   echo "setup: creating $venv (first time: about 2 minutes)" >&2
@@ -16,6 +16,7 @@ if [ ! -x "$venv/bin/python" ] || [ ! -f "$venv/.complete" ]; then
   python3 -m venv "$venv"
   "$venv/bin/python" -m pip install -q --upgrade pip >&2 || true
   "$venv/bin/python" -m pip install -q -r requirements.txt >&2
+  "$venv/bin/python" -m pip install -q --no-deps -r requirements-nodeps.txt >&2
   touch "$venv/.complete"
 fi
 

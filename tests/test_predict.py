@@ -161,5 +161,6 @@ def test_training_refuses_checkpoint_for_other_classes(trained, tmp_path, capsys
     out = tmp_path / "c"
     out.mkdir()
     shutil.copy(trained / "checkpoints" / "gender" / "model_best.tar", out / "checkpoint_last.tar")
-    assert gac.cli(["--data-dir", str(data), "--checkpoint-dir", str(out), "--resume", "--no-progress"]) == 2
+    assert gac.cli(["--data-dir", str(data), "--checkpoint-dir", str(out), "--resume", "--no-progress",
+                    "--arch", "resnet18", "--resize", "40", "--crop", "32"]) == 2
     assert "trained on classes" in capsys.readouterr().err
