@@ -201,39 +201,39 @@ class Preset:
     def train_batch_strong(self, batch: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """A stronger, still cheap, augmentation for small face sets, on uint8 (N,3,R,R).
 
-        Per sample, in one batched affine resampling (grid_sample): a crop whose side
-        is 0.75-1.0 of the decoded square (the original's 227/256 = 0.89 sits inside),
-        shifted anywhere it fits, rotated by up to 10 degrees, mirrored half the time;
-        then brightness, contrast and saturation each scaled by 0.7-1.3. Out:
-        normalised float (N, 3, crop, crop).
+        Geometry, per sample: a square of side 0.75-1.0 of the decoded square (the
+        original's 227/256 = 0.89 lies inside) at a random place, resized to the
+        crop (antialiased bilinear on uint8), mirrored half the time.
+        Colour, per sample: brightness, contrast and saturation each scaled by
+        0.7-1.3. The three are linear in RGB, so together with the normalisation
+        they fold into one 3x3 channel map plus offset, applied in one pass
+        (values are not clipped to [0, 255] first). Out: float (N, 3, crop, crop).
         """
-        n = batch.shape[0]
-        dev = batch.device
-
-        def uniform(lo, hi):
-            return (lo + (hi - lo) * torch.rand(n, generator=generator)).to(dev)
-
-        side = uniform(0.75, 1.0)                      # share of the square the crop spans
-        angle = uniform(-10, 10) * (math.pi / 180)
-        tx = (uniform(-1, 1) * (1 - side))             # centre offset that keeps the crop inside
-        ty = (uniform(-1, 1) * (1 - side))
-        flip = torch.where(uniform(0, 1) < 0.5, -1.0, 1.0)
-        cos, sin = torch.cos(angle) * side, torch.sin(angle) * side
-        # theta maps output coords in [-1, 1] to input coords in [-1, 1]
-        theta = torch.stack([torch.stack([cos * flip, -sin, tx], 1),
-                             torch.stack([sin * flip, cos, ty], 1)], 1)          # (N, 2, 3)
-        grid = F.affine_grid(theta, (n, 3, self.crop, self.crop), align_corners=False)
-        x = F.grid_sample(batch.float() / 255, grid, mode="bilinear", padding_mode="reflection",
-                          align_corners=False)                                   # (N, 3, c, c) in [0, 1]
-        b, c, s = (uniform(0.7, 1.3).view(n, 1, 1, 1) for _ in range(3))
-        x = x * b
-        mean = x.mean(dim=(1, 2, 3), keepdim=True)
-        x = (x - mean) * c + mean
-        gray = (x * torch.tensor([0.299, 0.587, 0.114], device=dev).view(1, 3, 1, 1)).sum(1, keepdim=True)
-        x = ((x - gray) * s + gray).clamp(0, 1)
-        mean_t = torch.tensor(self.mean, device=dev).view(1, 3, 1, 1)
-        std_t = torch.tensor(self.std, device=dev).view(1, 3, 1, 1)
-        return (x - mean_t) / std_t
+        n, _, h, w = batch.shape
+        c, dev = self.crop, batch.device
+        r = torch.rand((n, 7), generator=generator)
+        side = (min(h, w) * (0.75 + 0.25 * r[:, 0])).long().clamp(min=c // 2)
+        tops = (r[:, 1] * (h - side + 1).float()).long().tolist()
+        lefts = (r[:, 2] * (w - side + 1).float()).long().tolist()
+        out = torch.empty((n, 3, c, c), dtype=torch.uint8, device=dev)
+        for i, (t, l, s, f) in enumerate(zip(tops, lefts, side.tolist(), (r[:, 3] < 0.5).tolist())):
+            patch = batch[i:i + 1, :, t:t + s, l:l + s]
+            if s != c:
+                patch = F.interpolate(patch, size=(c, c), mode="bilinear", antialias=True, align_corners=False)
+            out[i] = patch[0].flip(-1) if f else patch[0]
+        x = out.float().view(n, 3, c * c)                                        # (N, 3, HW), 0..255
+        b, k, sat = ((0.7 + 0.6 * r[:, j]).to(dev) for j in (4, 5, 6))
+        gray_w = torch.tensor([0.299, 0.587, 0.114], device=dev)
+        m0 = x.mean(2) @ gray_w                                                  # (N,) mean grey level
+        # saturation: M = s I + (1 - s) 1 w^T; brightness then contrast: k b M x + (1 - k) b m0
+        eye = torch.eye(3, device=dev).expand(n, 3, 3)
+        mix = sat.view(n, 1, 1) * eye + (1 - sat).view(n, 1, 1) * gray_w.view(1, 1, 3).expand(n, 3, 3)
+        std = torch.tensor(self.std, device=dev) * 255
+        mean = torch.tensor(self.mean, device=dev) * 255
+        a = (k * b).view(n, 1, 1) * mix / std.view(1, 3, 1)                      # (N, 3, 3)
+        offset = (((1 - k) * b * m0).view(n, 1) - mean.view(1, 3)) / std.view(1, 3)  # (N, 3)
+        y = torch.baddbmm(offset.unsqueeze(2), a, x)                             # (N, 3, HW)
+        return y.view(n, 3, c, c)
 
     def center(self, batch: torch.Tensor) -> torch.Tensor:
         _, _, h, w = batch.shape

@@ -204,3 +204,26 @@ def test_tta_has_ten_views():
     views = preset.tta_batch(torch.randint(0, 255, (3, 3, 8, 8), dtype=torch.uint8))
     assert views.shape == (10, 3, 3, 5, 5)
     assert torch.equal(views[5], views[0].flip(-1))
+
+
+def test_strong_augmentation_geometry_and_colour():
+    preset = ds.Preset(16, 12)
+    g = torch.Generator().manual_seed(0)
+    # a constant grey image: contrast and saturation change nothing, brightness scales it
+    grey = torch.full((8, 3, 16, 16), 100, dtype=torch.uint8)
+    out = preset.train_batch_strong(grey, g)
+    assert out.shape == (8, 3, 12, 12) and out.dtype == torch.float32
+    mean = torch.tensor(preset.mean).view(1, 3, 1, 1)
+    std = torch.tensor(preset.std).view(1, 3, 1, 1)
+    level = (out * std + mean) * 255 / 100  # the brightness factor, per sample and pixel
+    assert torch.allclose(level, level[:, :1, :1, :1].expand_as(level), atol=1e-4)
+    assert level.min() >= 0.7 - 1e-4 and level.max() <= 1.3 + 1e-4 and level.std() > 0.05
+    # seeded: the same generator state gives the same batch
+    a = preset.train_batch_strong(grey, torch.Generator().manual_seed(3))
+    assert torch.equal(a, preset.train_batch_strong(grey, torch.Generator().manual_seed(3)))
+    # a left-dark/right-bright image comes out mirrored for some samples
+    ramp = torch.zeros((32, 3, 16, 16), dtype=torch.uint8)
+    ramp[..., 8:] = 200
+    y = preset.train_batch_strong(ramp, torch.Generator().manual_seed(1))
+    left, right = y[..., :3].mean((1, 2, 3)), y[..., -3:].mean((1, 2, 3))
+    assert (left > right).any() and (left < right).any()
