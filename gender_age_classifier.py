@@ -565,6 +565,9 @@ def main(args) -> dict:
     val_data, bad_val = (build_split(val_samples, preset, mode, workers, progress) if held else (test_data, []))
     if rank == 0:
         report_bad(bad + bad_val + bad_test, out, args.strict, log)
+        if bad + bad_val + bad_test:
+            log(f"images used: train {len(train_data)}, val {len(val_data) if held else '(test)'}, "
+                f"test {len(test_data)}")
     elif bad + bad_val + bad_test and args.strict:
         raise ds.DatasetError("unreadable images (see rank 0)")
     if not ordinal and len(set(train_data.targets.tolist())) < 2:

@@ -51,3 +51,36 @@ def shared_data() -> Path:
         pytest.fail(f"shared data not found at {SHARED_DATA}: put ../shared/data beside the repository "
                     f"or set GAC_SHARED_DATA")
     return SHARED_DATA
+
+
+def make_bad_input_zoo(folder: Path, cls: int = 0) -> dict:
+    """Every awkward input of the reliability issue in one folder.
+
+    Returns {"good": [names that must be used], "bad": [names that must be
+    reported], "ignored": [hidden names that are not images at all]}.
+    """
+    import io as _io
+    folder.mkdir(parents=True, exist_ok=True)
+    good, bad = [], []
+    for mode in ("RGBA", "LA", "P"):
+        good.append(make_image(folder / f"mode_{mode}.png", cls, 1, fmt="PNG", mode=mode).name)
+    arr = (np.arange(40 * 48).reshape(48, 40) * 30).astype("<u2")
+    Image.fromarray(arr).save(folder / "sixteen_bit.png")
+    good.append("sixteen_bit.png")
+    good.append(make_image(folder / "cmyk.jpg", cls, 2, fmt="JPEG", mode="CMYK").name)
+    Image.new("RGB", (1, 1), (9, 9, 9)).save(folder / "one_pixel.png")
+    good.append("one_pixel.png")
+    good.append(make_image(folder / "with space.jpg", cls, 3).name)
+    odd = os.fsdecode(b"caf\xe9.jpg")  # not UTF-8
+    good.append(make_image(folder / odd, cls, 4).name)
+    good.append(make_image(folder / "UPPER.JPG", cls, 5).name)
+    (folder / "zero.jpg").write_bytes(b"")
+    buf = _io.BytesIO()
+    Image.fromarray((np.random.default_rng(0).random((200, 200, 3)) * 255).astype(np.uint8)).save(buf, "JPEG")
+    (folder / "truncated.jpg").write_bytes(buf.getvalue()[:2000])
+    (folder / "text.jpg").write_text("not an image\n")
+    Image.new("1", (9000, 9000)).save(folder / "bomb.png")  # 81 Mpx, a few hundred kB
+    bad += ["zero.jpg", "truncated.jpg", "text.jpg", "bomb.png"]
+    (folder / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    (folder / "._with space.jpg").write_bytes(b"\0\5\26\7")
+    return {"good": good, "bad": bad, "ignored": [".DS_Store", "._with space.jpg"]}

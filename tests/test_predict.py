@@ -164,3 +164,17 @@ def test_training_refuses_checkpoint_for_other_classes(trained, tmp_path, capsys
     assert gac.cli(["--data-dir", str(data), "--checkpoint-dir", str(out), "--resume", "--no-progress",
                     "--arch", "resnet18", "--resize", "40", "--crop", "32"]) == 2
     assert "trained on classes" in capsys.readouterr().err
+
+
+def test_every_awkward_input_in_prediction(trained, monkeypatch, capsys, tmp_path):
+    from conftest import make_bad_input_zoo
+    zoo = make_bad_input_zoo(tmp_path / "zoo")
+    monkeypatch.chdir(trained)
+    assert predict.cli([str(tmp_path / "zoo"), "--json", "--no-detect"]) == 1
+    out, err = capsys.readouterr()
+    files = {os.path.basename(r["file"]) for r in json.loads(out)}
+    assert files == set(zoo["good"])
+    for name in zoo["bad"]:
+        assert f"{name}:" in err
+    assert "Traceback" not in err and not any(n in err for n in zoo["ignored"])
+    assert f"{len(zoo['bad'])} of {len(zoo['good']) + len(zoo['bad'])}" in err

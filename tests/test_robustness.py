@@ -123,3 +123,17 @@ def test_bad_numbers_are_one_line_errors(tiny_data, tmp_path, capsys):
     assert "--batch-size must be at least 1" in capsys.readouterr().err
     assert train(tiny_data, tmp_path / "c", "--val-split", "1.5") == 2
     assert "--val-split" in capsys.readouterr().err
+
+
+def test_every_awkward_input_in_training(tiny_data, tmp_path, capsys):
+    from conftest import make_bad_input_zoo
+    zoo = make_bad_input_zoo(tiny_data / "train" / "male", cls=1)
+    out = tmp_path / "c"
+    assert train(tiny_data, out, "--val-split", "0") == 0
+    text = capsys.readouterr().out
+    warning = [l for l in text.splitlines() if l.startswith("warning:")]
+    assert len(warning) == 1 and f"skipped {len(zoo['bad'])} unreadable" in warning[0]
+    assert all(name in warning[0] for name in zoo["bad"])
+    assert not any(name in warning[0] for name in zoo["good"] + zoo["ignored"])
+    # 6 generated + the good awkward ones train with the 6 female images
+    assert f"images used: train {12 + len(zoo['good'])}," in text
