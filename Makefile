@@ -1,19 +1,17 @@
 # Two commands do all the set-up on a fresh machine (see README):
 #   make train   - virtualenv + data links, then train gender and age on the default data
-#   make test    - virtualenv + data links, then the test suite
-PY = $(shell bash scripts/setup.sh)
+#   make test    - virtualenv + data links, then the test suite (what CI runs)
 ARGS ?=
 
 .PHONY: setup train test bench
 setup:
-	@bash scripts/setup.sh >/dev/null
+	@bash scripts/setup.sh
 
 train:
-	$(PY) gender_age_classifier.py $(ARGS)
-	$(PY) gender_age_classifier.py -a $(ARGS)
+	py=$$(bash scripts/setup.sh) && $$py gender_age_classifier.py $(ARGS) && $$py gender_age_classifier.py -a $(ARGS)
 
 test:
-	$(PY) -m pytest -q tests
+	py=$$(bash scripts/setup.sh) && $$py -m pytest -q tests
 
 bench:
-	$(PY) bench.py $(ARGS)
+	py=$$(bash scripts/setup.sh) && $$py bench.py $(ARGS)
