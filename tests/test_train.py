@@ -185,9 +185,9 @@ def _wait_for(path: Path, proc, timeout=120):
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_signal_saves_and_resumes_exactly(tmp_path, sig):
-    data = make_folder_dataset(tmp_path / "d", n_train=16, n_test=2)
+    data = make_folder_dataset(tmp_path / "d", n_train=10, n_test=1)
     full, part = tmp_path / "full", tmp_path / "part"
-    common = ["--data-dir", data, "-ep", "3", "--seed", "5", "-b", "4"]
+    common = ["--data-dir", data, "-ep", "3", "--seed", "5", "-b", "2"]
     assert run([*common, "--checkpoint-dir", full]) == 0
     proc = _spawn([*common, "--checkpoint-dir", part, "--eval-every", "1", "--save-every", "1"], tmp_path)
     _wait_for(part / "checkpoint1.tar", proc)
@@ -206,10 +206,10 @@ def test_signal_saves_and_resumes_exactly(tmp_path, sig):
 def test_kill_9_then_resume_matches_uninterrupted(tmp_path):
     data = make_folder_dataset(tmp_path / "d", n_train=10, n_test=3)
     full, part = tmp_path / "full", tmp_path / "part"
-    common = ["--data-dir", data, "-ep", "4", "--seed", "11", "--save-every", "1", "--eval-every", "1"]
+    common = ["--data-dir", data, "-ep", "3", "--seed", "11", "--save-every", "1", "--eval-every", "1"]
     assert run([*common, "--checkpoint-dir", full]) == 0
     proc = _spawn([*common, "--checkpoint-dir", part], tmp_path)
-    _wait_for(part / "checkpoint2.tar", proc)
+    _wait_for(part / "checkpoint1.tar", proc)
     proc.kill()  # SIGKILL: no handler runs
     proc.wait()
     assert run([*common, "--checkpoint-dir", part, "--resume"]) == 0
