@@ -601,7 +601,7 @@ def main(args) -> dict:
     history: list[dict] = []
 
     if args.resume and not args.test_only:
-        path = out / "checkpoint_last.tar" if args.resume == "last" else Path(args.resume)
+        path = latest_checkpoint(out) if args.resume == "last" else Path(args.resume)
         ckpt = load_checkpoint(path)
         expect(ckpt, path, task=name, arch=args.arch, classes=classes)
         model.load_state_dict(ckpt["model_state"])
@@ -679,6 +679,16 @@ def write_test_predictions(rows: list, data, task, out: Path) -> None:
         plots.plot_scatter(true_ages, pred.tolist(), out / "test_scatter.png", "test: predicted against true age")
 
 
+def latest_checkpoint(out: Path) -> Path:
+    """checkpoint_last.tar, or (if a crash came before it was ever written) the
+    highest-numbered checkpoint<N>.tar; the path to report when neither exists."""
+    last = out / "checkpoint_last.tar"
+    if last.is_file():
+        return last
+    numbered = [(int(p.stem[10:]), p) for p in out.glob("checkpoint*.tar") if p.stem[10:].isdigit()]
+    return max(numbered)[1] if numbered else last
+
+
 def make_optimizer(model, args):
     params = model.parameters()
     if args.optimizer == "sgd":
@@ -737,11 +747,12 @@ def train_loop(model, optimizer, scheduler, train_data, val_data, state, history
                     f"{' (best)' if is_best else ''} | lr {lr:.2e} | {stats['images_per_s']:.0f} img/s")
             history.append(record)
             state.update(epoch=epoch_no, next_batch=0, running=None)
-            names = []
+            # write order matters for kill -9: model_best before checkpoint_last (a resume
+            # from an older last re-runs the epoch and rewrites the same best), and
+            # checkpoint_last before checkpoint<N> (so last is never older than any N)
+            names = ["model_best.tar"] if is_best else []
             if epoch_no % args.save_every == 0 or last:
-                names += [f"checkpoint{epoch_no}.tar", "checkpoint_last.tar"]
-            if is_best:
-                names.append("model_best.tar")
+                names += ["checkpoint_last.tar", f"checkpoint{epoch_no}.tar"]
             if names:
                 ckpt = save(names)
                 if ckpt is not None and (epoch_no % args.eval_every == 0 or last):

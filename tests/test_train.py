@@ -220,3 +220,13 @@ def test_kill_9_then_resume_matches_uninterrupted(tmp_path):
     assert a["confusion"] == b["confusion"]
     ha, hb = (load_checkpoint(o / "checkpoint_last.tar")["history"] for o in (full, part))
     assert [r["train_loss"] for r in ha] == pytest.approx([r["train_loss"] for r in hb], abs=1e-6)
+
+
+def test_resume_falls_back_to_the_newest_numbered_checkpoint(tmp_path):
+    # a kill -9 can come before checkpoint_last.tar was ever written
+    for n in (5, 10, 15):
+        (tmp_path / f"checkpoint{n}.tar").write_bytes(b"x")
+    assert gac.latest_checkpoint(tmp_path).name == "checkpoint15.tar"
+    (tmp_path / "checkpoint_last.tar").write_bytes(b"x")
+    assert gac.latest_checkpoint(tmp_path).name == "checkpoint_last.tar"
+    assert gac.latest_checkpoint(tmp_path / "empty").name == "checkpoint_last.tar"
