@@ -57,9 +57,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--lr-gamma", type=float, default=0.9, help="learning-rate decay factor")
     p.add_argument("--weight-decay", type=float, default=0.0, help="L2 weight decay")
     p.add_argument("--label-smoothing", type=float, default=0.0, help="cross-entropy label smoothing")
-    p.add_argument("--aug", default="strong", choices=("original", "strong"),
-                   help="original: RandomCrop(227) + flip; strong: also scale, shift, rotation and colour "
-                        "(see datasets.Preset.train_batch_strong)")
+    p.add_argument("--aug", default="original", choices=("original", "strong"),
+                   help="original: RandomCrop + flip, as the original; strong: also random scale, position "
+                        "and colour (datasets.Preset.train_batch_strong; measured no better on the default data)")
     p.add_argument("--arch", default=None, choices=ARCHITECTURES,
                    help="network (default: levi_hassner; resnet34 for exact-age, as in the CORAL paper)")
     p.add_argument("--resize", type=int, default=None, help="side of the decoded square (default: per arch)")
