@@ -42,14 +42,20 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                    help="bf16 autocast (default: as training picks for this machine)")
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    p.add_argument("--options", action="store_true",
+                   help="only measure the compute-only rate under each option: fp32/bf16, channels_last, "
+                        "threads, torch.compile")
     return p
 
 
-def compute_only(batch_size: int, steps: int, amp: bool) -> float:
+def compute_only(batch_size: int, steps: int, amp: bool, channels_last: bool = True, compile: bool = False) -> float:
     """Training steps on synthetic, already normalised tensors: images/s."""
-    model = build_model("levi_hassner", 2).to(memory_format=torch.channels_last).train()
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = build_model("levi_hassner", 2).to(memory_format=fmt).train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    x = torch.randn(batch_size, 3, 227, 227).contiguous(memory_format=torch.channels_last)
+    x = torch.randn(batch_size, 3, 227, 227).contiguous(memory_format=fmt)
+    if compile:
+        model = torch.compile(model)
     y = torch.randint(0, 2, (batch_size,))
     for i in range(steps + 2):
         if i == 2:
@@ -120,7 +126,24 @@ def predict_rate(data_dir: str, amp: bool) -> dict:
     return {"images_per_s": n / seconds, "images": n}
 
 
+def options(args) -> dict:
+    """Compute-only rate under each option, to decide what to adopt."""
+    cores = os.cpu_count() or 1
+    r = {}
+    for name, kw, threads in [("fp32, NCHW", dict(amp=False, channels_last=False), cores),
+                              ("fp32, channels_last", dict(amp=False), cores),
+                              ("bf16, channels_last", dict(amp=True), cores),
+                              ("bf16, channels_last, 1 thread", dict(amp=True), 1),
+                              ("bf16, channels_last, torch.compile", dict(amp=True, compile=True), cores)]:
+        torch.set_num_threads(threads)
+        r[name] = compute_only(args.batch_size, args.steps, **kw)
+        print(f"{name:40s} {r[name]:7.1f} img/s", flush=True)
+    return r
+
+
 def main(args) -> dict:
+    if args.options:
+        return options(args)
     amp = gac.bf16_is_fast(torch.device("cpu")) if args.amp is None else args.amp
     torch.set_num_threads(os.cpu_count() or 1)
     print(f"bench: {os.cpu_count()} cores, torch {torch.__version__}, batch {args.batch_size}, "
