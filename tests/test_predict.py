@@ -178,3 +178,14 @@ def test_every_awkward_input_in_prediction(trained, monkeypatch, capsys, tmp_pat
         assert f"{name}:" in err
     assert "Traceback" not in err and not any(n in err for n in zoo["ignored"])
     assert f"{len(zoo['bad'])} of {len(zoo['good']) + len(zoo['bad'])}" in err
+
+
+def test_training_refuses_checkpoint_of_another_architecture(trained, tmp_path, capsys):
+    out = tmp_path / "c"
+    out.mkdir()
+    shutil.copy(trained / "checkpoints" / "gender" / "model_best.tar", out / "checkpoint_last.tar")
+    # the checkpoint holds a resnet18; asking for the Levi-Hassner network must fail in one line
+    assert gac.cli(["--data-dir", str(trained / "gender-data"), "--checkpoint-dir", str(out), "--resume",
+                    "--no-progress", "-ep", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "holds architecture 'resnet18', not 'levi_hassner'" in err
