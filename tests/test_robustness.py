@@ -8,7 +8,6 @@ import pytest
 import checkpointing
 import gender_age_classifier as gac
 from checkpointing import atomic_torch_save, load_checkpoint
-from conftest import make_folder_dataset
 
 FAST = ["--no-progress", "--workers", "0", "-b", "8", "-ep", "1", "--arch", "resnet18", "--resize", "40", "--crop", "32"]
 
