@@ -344,35 +344,42 @@ def stratified_split(targets: Sequence[int], fraction: float, seed: int) -> tupl
 # Decoding once, into memory (or streaming when memory is short)
 # --------------------------------------------------------------------------
 
-class _DecodeFiles(Dataset):
-    """path i -> (i, uint8 (3,R,R) tensor or None, error or None). Never raises."""
+class _LoadFiles(Dataset):
+    """path i -> (i, load(path) or None, error or None). Never raises on a bad image."""
 
-    def __init__(self, paths: Sequence[str], size: int):
-        self.paths, self.size = list(paths), size
+    def __init__(self, paths: Sequence[str], load):
+        self.paths, self.load = list(paths), load  # load: a picklable callable, path -> object
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int):
         try:
-            return i, decode_resized(self.paths[i], self.size), None
+            return i, self.load(self.paths[i]), None
         except BadImageError as e:
             return i, None, str(e)
 
 
 def _keep_items(batch):
-    return batch  # a list of (i, tensor|None, error|None): no stacking, bad items stay visible
+    return batch  # a list of (i, object|None, error|None): no stacking, bad items stay visible
 
 
-def decode_all(paths: Sequence[str], size: int, workers: int, progress: bool = False):
-    """Decode every path once, in parallel. Yields (index, tensor|None, error|None)."""
-    loader = DataLoader(_DecodeFiles(paths, size), batch_size=16, num_workers=workers,
+def load_all(paths: Sequence[str], load, workers: int, progress: bool = False):
+    """Apply ``load`` to every path in ``workers`` processes, in order.
+    Yields (index, result|None, error|None); bad images never raise."""
+    loader = DataLoader(_LoadFiles(paths, load), batch_size=16, num_workers=workers,
                         collate_fn=_keep_items, persistent_workers=False)
     if progress:
         from tqdm import tqdm
         loader = tqdm(loader, desc="decode", unit="batch", leave=False)
     for batch in loader:
         yield from batch
+
+
+def decode_all(paths: Sequence[str], size: int, workers: int, progress: bool = False):
+    """Decode every path once to uint8 (3, size, size), in parallel."""
+    from functools import partial
+    yield from load_all(paths, partial(decode_resized, size=size), workers, progress)
 
 
 def cache_bytes(n: int, size: int) -> int:

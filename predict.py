@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import io
 import itertools
 import json
@@ -287,40 +288,17 @@ def find_regions(img: Image.Image, mode: str, detector, size: int,
             for i, f in enumerate(found)]
 
 
-class _DecodeFiles(torch.utils.data.Dataset):
-    """path i -> (i, RGB PIL image or None, error or None). Never raises."""
-
-    def __init__(self, paths, min_side):
-        self.paths, self.min_side = paths, min_side
-
-    def __len__(self):
-        return len(self.paths)
-
-    def __getitem__(self, i):
-        try:
-            return i, ds.load_rgb(self.paths[i], min_side=self.min_side), None
-        except ds.BadImageError as e:
-            return i, None, str(e)
-
-
-def _keep_items(items):
-    return items
-
-
 def image_units(paths: list[str], mode: str, detector, workers: int, keep_image: bool, resize: int,
                 detect_size: int = faces.DETECT_SIZE):
     """Decode images in ``workers`` processes, in order, and yield a Unit for each."""
     # whole images need only `resize` px (JPEGs decode at a reduced DCT scale); detection wants detail
     min_side = resize if mode == "off" else None
-    loader = torch.utils.data.DataLoader(_DecodeFiles(paths, min_side), batch_size=16,
-                                         num_workers=workers, collate_fn=_keep_items)
-    for items in loader:
-        for i, img, err in items:
-            if img is None:
-                yield Unit(paths[i], error=err)
-            else:
-                yield Unit(paths[i], image=img if keep_image else None,
-                           regions=find_regions(img, mode, detector, resize, detect_size))
+    for i, img, err in ds.load_all(paths, functools.partial(ds.load_rgb, min_side=min_side), workers):
+        if img is None:
+            yield Unit(paths[i], error=err)
+        else:
+            yield Unit(paths[i], image=img if keep_image else None,
+                       regions=find_regions(img, mode, detector, resize, detect_size))
 
 
 def video_units(path: str, every: int, mode: str, detector, keep_frames: bool, resize: int,
