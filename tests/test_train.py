@@ -230,3 +230,55 @@ def test_resume_falls_back_to_the_newest_numbered_checkpoint(tmp_path):
     (tmp_path / "checkpoint_last.tar").write_bytes(b"x")
     assert gac.latest_checkpoint(tmp_path).name == "checkpoint_last.tar"
     assert gac.latest_checkpoint(tmp_path / "empty").name == "checkpoint_last.tar"
+
+
+def test_weight_average_follows_the_formula():
+    model = torch.nn.Linear(3, 2)
+    ema = gac.WeightAverage(model, epochs=2, steps_per_epoch=50)  # decay 0.99
+    assert ema.decay == pytest.approx(0.99)
+    start = ema.module.weight.clone()
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    ema.update(model)  # step 1: d = min(0.99, 2 / 11)
+    d = 2 / 11
+    assert torch.allclose(ema.module.weight, d * start + (1 - d) * model.weight)
+    assert not ema.module.weight.requires_grad
+
+
+def test_ema_checkpoint_predicts_with_the_average_and_resumes_exactly(tiny_data, tmp_path):
+    full, part = tmp_path / "full", tmp_path / "part"
+    common = ["--data-dir", tiny_data, "--seed", "3", "--eval-every", "1", "--ema-epochs", "1"]
+    assert run([*common, "--checkpoint-dir", full, "-ep", "3"]) == 0
+    assert run([*common, "--checkpoint-dir", part, "-ep", "2", "--save-every", "1"]) == 0
+    assert run([*common, "--checkpoint-dir", part, "-ep", "3", "--resume"]) == 0
+    a, b = (load_checkpoint(o / "checkpoint_last.tar") for o in (full, part))
+    assert _same_history(a, b)
+    assert a["ema_steps"] == b["ema_steps"] > 0
+    for key in ("model_state", "train_state"):
+        for k in a[key]:
+            assert torch.allclose(a[key][k].float(), b[key][k].float(), atol=1e-6), (key, k)
+    # the averaged weights (what predict.py loads) are not the raw ones
+    w = "trunk.conv1.weight"
+    assert not torch.allclose(a["model_state"][w], a["train_state"][w])
+
+
+def test_mixup_draws_are_seeded_and_mix_pairs():
+    x = torch.arange(4.0).view(4, 1, 1, 1).expand(4, 3, 2, 2).contiguous()
+    y = torch.tensor([0, 1, 0, 1])
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    m1, ya, yb, lam = gac.mixup(x.clone(), y, 0.4, g1)
+    m2, _, yb2, lam2 = gac.mixup(x.clone(), y, 0.4, g2)
+    assert lam == lam2 and torch.equal(m1, m2) and torch.equal(yb, yb2)
+    assert 0.0 <= lam <= 1.0 and torch.equal(ya, y)
+    # each mixed image is lam * itself + (1 - lam) * a partner; the partners are a permutation
+    assert 0.0 < lam < 1.0
+    partner = ((m1[:, 0, 0, 0] - lam * x[:, 0, 0, 0]) / (1 - lam)).round().long()
+    assert sorted(partner.tolist()) == [0, 1, 2, 3]
+    assert torch.equal(yb, y[partner])
+    assert torch.allclose(m1, lam * x + (1 - lam) * x[partner])
+
+
+def test_mixup_trains(tiny_data, tmp_path):
+    out = tmp_path / "mix"
+    assert run(["--data-dir", tiny_data, "--checkpoint-dir", out, "-ep", "2", "--mixup", "0.4"]) == 0
+    assert (out / "model_best.tar").is_file()
