@@ -3,7 +3,7 @@
 #   make test    - virtualenv + data links, then the test suite (what CI runs)
 ARGS ?=
 
-.PHONY: setup train test bench
+.PHONY: setup train test bench bench-age
 setup:
 	@bash scripts/setup.sh
 
@@ -15,3 +15,6 @@ test:
 
 bench:
 	py=$$(bash scripts/setup.sh) && $$py bench.py $(ARGS)
+
+bench-age:
+	py=$$(bash scripts/setup.sh) && $$py bench_age.py $(ARGS)

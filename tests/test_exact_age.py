@@ -160,3 +160,22 @@ def test_real_utkface_split_parses(shared_data):
     assert min(train.ages) == 21 and max(train.ages) == 60 and not train.problems
     every = ds.ages_from_names(base / "UTKFace", "utkface")
     assert len(every.paths) == 23707 and not every.problems
+
+
+def test_bench_age_runs_each_loss_with_one_recipe(age_csvs, tmp_path):
+    import subprocess
+    import sys
+    from conftest import ROOT
+    out = tmp_path / "bench"
+    extra = ["--data-dir", str(age_csvs), "-ep", "1", "-b", "8", "--resize", "40", "--crop", "32", "--workers", "0"]
+    proc = subprocess.run([sys.executable, "bench_age.py", "--losses", "coral", "ce", "--out", str(out), "--", *extra],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads((out / "results.json").read_text())
+    assert [r["loss"] for r in rows] == ["coral", "ce"]
+    for r in rows:
+        saved = json.loads((out / r["loss"] / "test_results.json").read_text())
+        assert r["test"]["mae"] == saved["test"]["mae"] and r["minutes"] > 0
+        assert "--resize 64" in r["command"] and "--resize 40" in r["command"]  # recipe, then the override
+    md = (out / "results.md").read_text()
+    assert md.count("\n| co") == 1 and "| ce |" in md and "| test MAE |" in md
