@@ -110,9 +110,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                    help="bf16 autocast; default: on for CUDA with bf16 and for CPUs with AMX/AVX512-BF16 "
                         "(2.4x faster training measured here), off elsewhere")
-    p.add_argument("--ema-epochs", type=float, default=0.0,
+    p.add_argument("--ema-epochs", type=float, default=None,
                    help="evaluate, keep and predict with an exponential moving average of the weights, with "
-                        "a time constant of this many epochs (0 = off, the raw weights)")
+                        "a time constant of this many epochs; 0 = off, the raw weights (default: 5 for gender "
+                        "and age, 0 for exact-age)")
     p.add_argument("--mixup", type=float, default=0.0, metavar="ALPHA",
                    help="mixup (Zhang et al. 2018) with a Beta(ALPHA, ALPHA) mixing weight, classification "
                         "only (0 = off)")
@@ -572,6 +573,8 @@ def main(args) -> dict:
             raise ds.DatasetError(f"--{opt.replace('_', '-')} must be at least 1, got {getattr(args, opt)}")
     args.arch = args.arch or ("resnet34" if ordinal else "levi_hassner")
     args.optimizer = args.optimizer or ("sgd" if args.sgd else "adam")
+    if args.ema_epochs is None:
+        args.ema_epochs = 0.0 if ordinal else 5.0
 
     device = resolve_device(args.device)
     if args.amp is None:
