@@ -1,7 +1,7 @@
 """Exact-age benchmark: the same recipe for each ordinal loss, one command.
 
     python bench_age.py                      # ce, ordinal, coral, corn on the CORAL paper's UTKFace split
-    python bench_age.py --losses coral corn  # a subset
+    python bench_age.py --losses coral corn  # a subset (rows of the others stay in results.json)
     python bench_age.py -- -ep 4             # anything after -- is passed to every training run
 
 Each loss is one ``gender_age_classifier.py --task exact-age`` run in its own
@@ -65,6 +65,10 @@ def table(rows: list[dict]) -> str:
 def main(args) -> list[dict]:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    # rows of losses not run this time are kept from an earlier results.json (same recipe assumed:
+    # each row carries its command), so a loss can be re-run on its own
+    earlier = json.loads((out / "results.json").read_text()) if (out / "results.json").is_file() else []
+    kept = {r["loss"]: r for r in earlier if r["loss"] not in args.losses}
     rows = []
     for loss in args.losses:
         cmd = command(loss, out, args.extra)
@@ -82,10 +86,12 @@ def main(args) -> list[dict]:
             row.update(test=r["test"], epoch=r["epoch"], val_mae=r["val"]["value"])
         rows.append(row)
         # rewritten after each loss, so an interrupted benchmark keeps what it measured
-        atomic_write_text(out / "results.json", json.dumps(rows, indent=1) + "\n")
-        atomic_write_text(out / "results.md", table(rows) + "\n")
-    print(table(rows))
-    return rows
+        merged = sorted([*rows, *kept.values()], key=lambda r: LOSSES.index(r["loss"]))
+        atomic_write_text(out / "results.json", json.dumps(merged, indent=1) + "\n")
+        atomic_write_text(out / "results.md", table(merged) + "\n")
+    merged = sorted([*rows, *kept.values()], key=lambda r: LOSSES.index(r["loss"]))
+    print(table(merged))
+    return merged
 
 
 if __name__ == "__main__":

@@ -172,10 +172,16 @@ def test_bench_age_runs_each_loss_with_one_recipe(age_csvs, tmp_path):
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = json.loads((out / "results.json").read_text())
-    assert [r["loss"] for r in rows] == ["coral", "ce"]
+    assert [r["loss"] for r in rows] == ["ce", "coral"]  # the table keeps LOSSES order
     for r in rows:
         saved = json.loads((out / r["loss"] / "test_results.json").read_text())
         assert r["test"]["mae"] == saved["test"]["mae"] and r["minutes"] > 0
         assert "--resize 64" in r["command"] and "--resize 40" in r["command"]  # recipe, then the override
     md = (out / "results.md").read_text()
     assert md.count("\n| co") == 1 and "| ce |" in md and "| test MAE |" in md
+    # re-running one loss keeps the other's row
+    proc = subprocess.run([sys.executable, "bench_age.py", "--losses", "coral", "--out", str(out), "--", *extra],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    again = json.loads((out / "results.json").read_text())
+    assert [r["loss"] for r in again] == ["ce", "coral"] and again[0] == rows[0]
