@@ -9,7 +9,8 @@ import checkpointing
 import gender_age_classifier as gac
 from checkpointing import atomic_torch_save, load_checkpoint
 
-FAST = ["--no-progress", "--workers", "0", "-b", "8", "-ep", "1", "--arch", "resnet18", "--resize", "40", "--crop", "32"]
+FAST = ["--no-progress", "--workers", "0", "-b", "8", "-ep", "1", "--arch", "resnet18", "--resize", "40", "--crop", "32",
+        "--ema-epochs", "0"]  # EMA off: see tests/test_train.py LIGHT
 
 
 def train(data, out, *extra):
