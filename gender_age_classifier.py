@@ -37,7 +37,7 @@ import losses
 import plots
 from checkpointing import (CHECKPOINT_FORMAT, CheckpointError, atomic_torch_save, check_writable, expect,
                            load_checkpoint)
-from models import ARCHITECTURES, build_model, default_input_geometry
+from models import ARCHITECTURES, build_model, default_input_geometry, output_bias
 from tasks import ClassificationTask, OrdinalTask
 
 TASK_DEFAULTS = {"gender": "gender-data", "age": "age-data"}
@@ -72,6 +72,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--loss", default="coral", choices=("ce", "ordinal", "coral", "corn"), help="ordinal loss")
     g.add_argument("--imp-weight", type=int, default=0, choices=(0, 1),
                    help="CORAL paper's task importance weighting (1 = on)")
+    g.add_argument("--bias-init", default="prior", choices=("prior", "default"),
+                   help="start the head's biases at the training label prior (default) or at the "
+                        "layer's own initialisation (CORAL: (K-1..1)/(K-1))")
     g.add_argument("--ce-mode", default="argmax", choices=("argmax", "expectation"),
                    help="how --loss ce predicts an age")
     g.add_argument("--dataset", default="utkface", choices=("utkface", "csv", "imdb-wiki"),
@@ -648,6 +651,9 @@ def main(args) -> dict:
         task = ClassificationTask(classes, args.label_smoothing)
         model_args = {"arch": args.arch, "num_outputs": len(classes), "dropout": args.dropout}
     model = build_model(**model_args).to(device)
+    if ordinal and args.bias_init == "prior":
+        with torch.no_grad():
+            output_bias(model).copy_(losses.prior_bias(args.loss, train_data.targets, task.k))
     # channels_last: measured 41 vs 29 img/s for a CPU training step here (oneDNN
     # prefers NHWC), and the usual win on CUDA tensor cores
     channels_last = True

@@ -119,6 +119,34 @@ def levels_from_labels(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     return (labels.unsqueeze(1) > thresholds).float()               # (N, K-1)
 
 
+def prior_bias(loss_name: str, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Head biases under which a zero feature vector predicts the training prior.
+
+    With ``n_r`` the count of rank ``r`` among N labels (add-one smoothed, so
+    no bias is infinite) and ``S_k = #{y > k}``:
+
+    - 'ce':               ``b_r = log(n_r / N)``                      shape (K,)
+    - 'ordinal', 'coral': ``b_k = logit(S_k / N)``                    shape (K-1,)
+    - 'corn':             ``b_k = logit(S_k / S_{k-1})``, S_{-1} = N  shape (K-1,)
+
+    Why: CORAL's K-1 thresholds share one weight vector, so only its biases
+    can spread them over the age range; from the default (K-1..1)/(K-1) they
+    move about one learning rate per Adam step, which takes a large part of
+    a short CPU schedule. Starting every head at the prior (as one starts a
+    classifier's bias at the log class frequencies) removes that phase.
+    """
+    _check_loss_name(loss_name)
+    _check_labels(labels, num_classes)
+    counts = torch.bincount(labels.long().cpu(), minlength=num_classes).double() + 1.0  # (K,)
+    n = counts.sum()
+    if loss_name == "ce":
+        return (counts / n).log().float()
+    above = n - counts.cumsum(0)[:-1]                                   # S_k, (K-1,)
+    below = torch.cat([n.view(1), above[:-1]]) if loss_name == "corn" else n.expand_as(above)
+    p = above / below
+    return torch.log(p / (1.0 - p)).float()
+
+
 # ---------------------------------------------------------------------------
 # Losses
 # ---------------------------------------------------------------------------

@@ -103,6 +103,12 @@ class ResNetRegressor(nn.Module):
 ARCHITECTURES = ("levi_hassner", "resnet18", "resnet34")
 
 
+def output_bias(model: nn.Module) -> nn.Parameter:
+    """The bias of a network's last layer (CORAL: its K-1 rank biases), (outputs,)."""
+    head = model.classifier[-1] if isinstance(model, LeviHassnerNet) else model.head
+    return head.coral_bias if hasattr(head, "coral_bias") else head.bias
+
+
 def default_input_geometry(arch: str) -> tuple[int, int]:
     """(resize, crop) that an architecture is trained with by default."""
     if arch == "levi_hassner":

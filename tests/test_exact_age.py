@@ -9,6 +9,7 @@ import torch
 
 import datasets as ds
 import gender_age_classifier as gac
+import losses
 from checkpointing import load_checkpoint
 from conftest import make_image
 from tasks import OrdinalTask
@@ -123,6 +124,31 @@ def test_exact_age_training_run(age_csvs, tmp_path, loss, capsys):
     assert mae == pytest.approx(result["test"]["mae"], abs=0.02)
     for name in ("mae.png", "test_scatter.png", "metrics.jsonl", "loss.png"):
         assert (out / name).is_file(), name
+
+
+@pytest.mark.parametrize("bias_init", ["prior", "default"])
+def test_bias_init_flag(age_csvs, tmp_path, bias_init, monkeypatch):
+    # the head's bias as training starts: the label prior, or CORAL's own (K-1..1)/(K-1)
+    seen = {}
+    real_step = torch.optim.AdamW.step
+
+    def first_step(self, *a, **k):
+        seen.setdefault("bias", [p.detach().clone() for g in self.param_groups for p in g["params"]
+                                 if p.shape == (35,)])
+        return real_step(self, *a, **k)
+    monkeypatch.setattr(torch.optim.AdamW, "step", first_step)
+    out = tmp_path / "out"
+    assert gac.cli(["--task", "exact-age", "--loss", "coral", "--data-dir", str(age_csvs), "--checkpoint-dir",
+                    str(out), "-ep", "1", "--optimizer", "adamw", "--bias-init", bias_init, *LIGHT]) == 0
+    (bias,) = seen["bias"]
+    if bias_init == "default":
+        torch.testing.assert_close(bias, torch.arange(35, 0, -1).float() / 35)
+    else:
+        # training ages 26, 31, 36, 46, 51, 56 (ranks 5, 10, 15, 25, 30, 35; 21 and 41 are all in test):
+        # the bias alone must give those ranks more probability than ranks never seen
+        assert bias[0] > 2 and bias[-1] < -1
+        probs = losses.rank_probabilities(bias.unsqueeze(0), "coral")[0]
+        assert min(probs[r] for r in (5, 10, 15, 25, 30, 35)) > 1.5 * max(probs[r] for r in (1, 2, 20, 21))
 
 
 def test_exact_age_random_split_and_range_flags(age_csvs, tmp_path, capsys):

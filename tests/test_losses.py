@@ -429,3 +429,31 @@ def test_heads_train_end_to_end(loss_name):
 
 def test_loss_names():
     assert L.LOSSES == ("ce", "ordinal", "coral", "corn")
+
+
+# ---------------------------------------------------------------------------
+# prior bias initialisation
+# ---------------------------------------------------------------------------
+
+def test_prior_bias_hand_values():
+    # K = 3, labels 0,1,1,2 -> smoothed counts (2, 3, 2) of 7
+    labels = torch.tensor([0, 1, 1, 2])
+    # ce: log(n_r / N)
+    torch.testing.assert_close(L.prior_bias("ce", labels, 3), torch.tensor([2 / 7, 3 / 7, 2 / 7]).log())
+    # ordinal / coral: S = (5, 2) of 7 -> logit(5/7) = ln(5/2), logit(2/7) = ln(2/5)
+    for name in ("ordinal", "coral"):
+        torch.testing.assert_close(L.prior_bias(name, labels, 3), torch.tensor([math.log(5 / 2), math.log(2 / 5)]))
+    # corn: P(y>0) = 5/7 -> ln(5/2); P(y>1 | y>0) = 2/5 -> ln(2/3)
+    torch.testing.assert_close(L.prior_bias("corn", labels, 3), torch.tensor([math.log(5 / 2), math.log(2 / 3)]))
+
+
+@pytest.mark.parametrize("loss_name", ["ce", "ordinal", "coral", "corn"])
+def test_prior_bias_reproduces_training_distribution(loss_name):
+    # a head that outputs only its bias predicts the (smoothed) training distribution
+    k = 7
+    labels = torch.tensor([0] * 5 + [1] * 20 + [2] * 40 + [3] * 10 + [5] * 3 + [6] * 2)  # rank 4 absent
+    bias = L.prior_bias(loss_name, labels, k)
+    assert bias.shape == (L.head_output_size(loss_name, k),) and torch.isfinite(bias).all()
+    probs = L.rank_probabilities(bias.unsqueeze(0), loss_name)[0]
+    counts = torch.bincount(labels, minlength=k).float() + 1
+    torch.testing.assert_close(probs, counts / counts.sum(), rtol=1e-5, atol=1e-6)
