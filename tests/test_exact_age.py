@@ -191,6 +191,7 @@ def test_real_utkface_split_parses(shared_data):
 def test_bench_age_runs_each_loss_with_one_recipe(age_csvs, tmp_path):
     import subprocess
     import sys
+    import bench_age
     from conftest import ROOT
     out = tmp_path / "bench"
     extra = ["--data-dir", str(age_csvs), "-ep", "1", "-b", "8", "--resize", "40", "--crop", "32", "--workers", "0"]
@@ -202,7 +203,8 @@ def test_bench_age_runs_each_loss_with_one_recipe(age_csvs, tmp_path):
     for r in rows:
         saved = json.loads((out / r["loss"] / "test_results.json").read_text())
         assert r["test"]["mae"] == saved["test"]["mae"] and r["minutes"] > 0
-        assert "--resize 64" in r["command"] and "--resize 40" in r["command"]  # recipe, then the override
+        recipe = " ".join(bench_age.RECIPE)
+        assert recipe in r["command"] and r["command"].index(recipe) < r["command"].index("--resize 40")
     md = (out / "results.md").read_text()
     assert md.count("\n| co") == 1 and "| ce |" in md and "| test MAE |" in md
     # re-running one loss keeps the other's row
