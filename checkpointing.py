@@ -115,3 +115,33 @@ def expect(ckpt: dict, path, task: str | None = None, arch: str | None = None,
     if classes is not None and list(ckpt.get("classes", [])) != list(classes):
         raise CheckpointError(f"{path} was trained on classes {ckpt.get('classes')}, but the data has "
                               f"{list(classes)}: use a matching checkpoint or data folder")
+
+
+
+def transfer_weights(model: torch.nn.Module, ckpt: dict, path, arch: str, classes: list,
+                     head_names: set[str]) -> list[str]:
+    """Start ``model`` from another run's weights (fine-tuning), in place.
+
+    Copies every tensor of ``ckpt["model_state"]`` whose name and shape match,
+    except the output layer (``head_names``: the state-dict names of the last
+    layer) unless the checkpoint was trained on the same ``classes`` with a
+    plain linear head: a head trained for other labels is no better a start
+    than a fresh one. Raises CheckpointError for another architecture.
+    Returns the names that keep the model's own initialisation.
+    """
+    if ckpt["model_args"].get("arch") != arch:
+        raise CheckpointError(f"--init-from {path} holds architecture '{ckpt['model_args'].get('arch')}', "
+                              f"not '{arch}': start from a checkpoint of the same network")
+    same_labels = (list(ckpt.get("classes", [])) == list(classes)
+                   and ckpt["model_args"].get("head", "linear") == "linear")
+    own = model.state_dict()
+    source = ckpt["model_state"]
+    copied, kept = {}, []
+    for name, tensor in own.items():
+        theirs = source.get(name)
+        if theirs is None or theirs.shape != tensor.shape or (name in head_names and not same_labels):
+            kept.append(name)
+        else:
+            copied[name] = theirs
+    model.load_state_dict({**own, **copied})
+    return kept

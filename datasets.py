@@ -553,6 +553,44 @@ def parse_imdb_wiki_name(name: str) -> int:
 
 NAME_PARSERS = {"utkface": parse_utkface_name, "imdb-wiki": parse_imdb_wiki_name}
 
+UTKFACE_GENDERS = ("male", "female")  # the second name field: 0 male, 1 female
+
+
+def parse_utkface_gender(name: str) -> str:
+    """'29_1_3_20170104235317706.jpg.chip.jpg' -> 'female'.
+
+    The three UTKFace names with only three fields ('39_1_20170116174525125...')
+    lack the gender or the race field, and which one is unknown: ValueError.
+    """
+    fields = name.strip().split("_")
+    if len(fields) < 4 or fields[1] not in ("0", "1"):
+        raise ValueError(f"no gender field in {name!r}")
+    return UTKFACE_GENDERS[int(fields[1])]
+
+
+def genders_from_utkface(root: str | os.PathLike, min_age: int | None = None,
+                         max_age: int | None = None) -> SampleSet:
+    """Every UTKFace image under ``root`` with its gender (classes female, male,
+    sorted as ImageFolder sorts folders), optionally only ages min_age-max_age.
+    Names without a gender or an age are kept in ``skipped``."""
+    ages = ages_from_names(root, "utkface")
+    classes = sorted(UTKFACE_GENDERS)
+    out = SampleSet([], [], classes, str(root), list(ages.problems))
+    for path, age in zip(ages.paths, ages.ages):
+        if (min_age is not None and age < min_age) or (max_age is not None and age > max_age):
+            continue
+        try:
+            gender = parse_utkface_gender(Path(path).name)
+        except ValueError as e:
+            out.skipped.append((path, str(e)))
+            continue
+        out.paths.append(path)
+        out.targets.append(classes.index(gender))
+    if len(set(out.targets)) < 2:
+        raise DatasetError(f"fewer than two genders among the UTKFace images under {root}"
+                           + (f" aged {min_age}-{max_age}" if min_age is not None or max_age is not None else ""))
+    return out
+
 
 def ages_from_names(root: str | os.PathLike, parser: str) -> AgeSamples:
     """Every image under ``root`` (any depth) labelled by its file name."""

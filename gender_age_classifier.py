@@ -36,8 +36,8 @@ import datasets as ds
 import losses
 import plots
 from checkpointing import (CHECKPOINT_FORMAT, CheckpointError, atomic_torch_save, check_writable, expect,
-                           load_checkpoint)
-from models import ARCHITECTURES, build_model, default_input_geometry, output_bias
+                           load_checkpoint, transfer_weights)
+from models import ARCHITECTURES, build_model, default_input_geometry, output_bias, output_layer_names
 from tasks import ClassificationTask, OrdinalTask
 
 TASK_DEFAULTS = {"gender": "gender-data", "age": "age-data"}
@@ -77,10 +77,13 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         "layer's own initialisation (CORAL: (K-1..1)/(K-1))")
     g.add_argument("--ce-mode", default="argmax", choices=("argmax", "expectation"),
                    help="how --loss ce predicts an age")
-    g.add_argument("--dataset", default="utkface", choices=("utkface", "csv", "imdb-wiki"),
-                   help="utkface: ages from UTKFace names (with the paper's CSV split when its files exist); "
-                        "csv: --train-csv/--test-csv; imdb-wiki: ages from <id>_<birth>_<year>.jpg names "
-                        "under --data-dir/train and --data-dir/test")
+    g.add_argument("--dataset", default=None, choices=("imagefolder", "utkface", "csv", "imdb-wiki"),
+                   help="utkface: ages from UTKFace names (with the paper's CSV split when its files exist; "
+                        "the default for exact age), or with the gender task genders from the names and a "
+                        "seeded --random-split test share (default 0.1); csv: --train-csv/--test-csv; "
+                        "imdb-wiki: ages from <id>_<birth>_<year>.jpg names under --data-dir/train and "
+                        "--data-dir/test; imagefolder: --data-dir/{train,test}/<class>/ (the default for "
+                        "gender and age groups)")
     g.add_argument("--train-csv", default=None, help="CSV of training images (default for utkface: "
                                                       "utkface/utk_train.csv)")
     g.add_argument("--test-csv", default=None, help="CSV of test images (default for utkface: utkface/utk_test.csv)")
@@ -127,6 +130,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--save-every", type=int, default=5, help="save checkpoint<epoch>.tar every this many epochs")
     p.add_argument("--resume", nargs="?", const="last", default=None, metavar="PATH",
                    help="continue a run: from checkpoint_last.tar of --checkpoint-dir, or from PATH")
+    p.add_argument("--init-from", default=None, metavar="PATH",
+                   help="fine-tune: start from the weights of another run's checkpoint of the same network "
+                        "(its output layer too when it has the same classes); default: random initialisation")
     p.add_argument("--test-only", action="store_true",
                    help="only evaluate model_best.tar (or --resume PATH) on the test split")
     p.add_argument("--strict", action="store_true", help="stop on unreadable images instead of skipping them")
@@ -219,6 +225,9 @@ def report_bad(bad: list, out_dir: Path, strict: bool, log) -> None:
 
 def exact_age_samples(args) -> tuple[ds.SampleSet, ds.SampleSet, list]:
     """(train, test, problems) for --task exact-age: ranks = age - min_age."""
+    if args.dataset == "imagefolder":
+        raise ds.DatasetError("exact age needs ages: --dataset utkface, csv or imdb-wiki "
+                              "(class folders are for --task gender or age)")
     if args.dataset == "utkface":
         base = Path(args.data_dir or "utkface")
         image_dir = Path(args.image_dir or base / "UTKFace")
@@ -257,6 +266,17 @@ def exact_age_samples(args) -> tuple[ds.SampleSet, ds.SampleSet, list]:
     if len(tr) < 2 or len(te) < 1:
         raise ds.DatasetError(f"too few images in the age range {lo}-{hi} (train {len(tr)}, test {len(te)})")
     return tr, te, tr.skipped + te.skipped
+
+
+def utkface_gender_samples(image_dir: Path, args) -> tuple[ds.SampleSet, ds.SampleSet, list]:
+    """(train, test, problems) for --task gender --dataset utkface: genders from
+    the file names (ages --min-age to --max-age), a seeded stratified test share."""
+    everything = ds.genders_from_utkface(image_dir, args.min_age, args.max_age)
+    share = 0.1 if args.random_split is None else args.random_split
+    if not 0 < share < 1:
+        raise ds.DatasetError(f"--random-split must be between 0 and 1 for a test share, got {share}")
+    keep, test = ds.stratified_split(everything.targets, share, args.seed)
+    return everything.subset(keep), everything.subset(test), everything.skipped
 
 
 def split_ages(samples: ds.AgeSamples, fraction: float, seed: int) -> tuple[ds.AgeSamples, ds.AgeSamples]:
@@ -450,7 +470,13 @@ def train_one_epoch(model, optimizer, scheduler, data, state: dict, args, ctx) -
 
 def steps_per_epoch(n: int, args, world: int) -> int:
     per_proc = max(1, args.batch_size // world)
-    steps = math.ceil(math.ceil(n / world) / per_proc)
+    per_shard = math.ceil(n / world)
+    steps = math.ceil(per_shard / per_proc)
+    if steps > 1 and per_shard % per_proc == 1:
+        # a last batch of one image: BatchNorm cannot train on it (a ResNet's 1x1
+        # final maps have one value per channel) and its gradient is mostly noise;
+        # drop it, as drop_last would (the shuffle puts that image elsewhere next epoch)
+        steps -= 1
     return min(steps, 2) if args.dry_run else steps
 
 
@@ -578,6 +604,7 @@ def main(args) -> dict:
         if getattr(args, opt) < 1:
             raise ds.DatasetError(f"--{opt.replace('_', '-')} must be at least 1, got {getattr(args, opt)}")
     args.arch = args.arch or ("resnet34" if ordinal else "levi_hassner")
+    args.dataset = args.dataset or ("utkface" if ordinal else "imagefolder")
     args.optimizer = args.optimizer or ("sgd" if args.sgd else "adam")
     if args.ema_epochs is None:
         args.ema_epochs = 0.0 if ordinal else 5.0
@@ -604,6 +631,12 @@ def main(args) -> dict:
     # ---- data: structure first (one-line errors), then decode once ----
     if ordinal:
         train_all, test_samples, problems = exact_age_samples(args)
+    elif args.dataset == "utkface" and name == "gender":
+        data_dir = Path(args.image_dir or Path(args.data_dir or "utkface") / "UTKFace")
+        train_all, test_samples, problems = utkface_gender_samples(data_dir, args)
+    elif args.dataset != "imagefolder":
+        raise ds.DatasetError(f"--dataset {args.dataset} labels exact ages: use it with --task exact-age "
+                              f"(the gender task also takes --dataset utkface)")
     else:
         data_dir = Path(args.data_dir or TASK_DEFAULTS[name])
         train_all = ds.scan_image_folder(data_dir / "train", split_name="train")
@@ -624,7 +657,7 @@ def main(args) -> dict:
     if problems and rank == 0:
         listing = out / "label_problems.csv"
         ds.write_bad_list(problems, listing)
-        log(f"warning: {len(problems)} row(s) or file name(s) without a usable age, listed in {listing}")
+        log(f"warning: {len(problems)} row(s) or file name(s) without a usable label, listed in {listing}")
     progress = rank == 0 and not args.no_progress
     train_data, bad = build_split(train_samples, preset, mode, workers, progress)
     test_data, bad_test = build_split(test_samples, preset, mode, workers, progress)
@@ -651,6 +684,11 @@ def main(args) -> dict:
         task = ClassificationTask(classes, args.label_smoothing)
         model_args = {"arch": args.arch, "num_outputs": len(classes), "dropout": args.dropout}
     model = build_model(**model_args).to(device)
+    if args.init_from and not args.resume:
+        source = load_checkpoint(args.init_from)
+        fresh = transfer_weights(model, source, args.init_from, args.arch, classes, output_layer_names(model))
+        log(f"initialised from {args.init_from} ({source.get('task')}, classes {source.get('classes')}); "
+            f"own initialisation kept for: {', '.join(sorted(fresh)) or 'nothing'}")
     if ordinal and args.bias_init == "prior":
         with torch.no_grad():
             output_bias(model).copy_(losses.prior_bias(args.loss, train_data.targets, task.k))

@@ -103,9 +103,22 @@ class ResNetRegressor(nn.Module):
 ARCHITECTURES = ("levi_hassner", "resnet18", "resnet34")
 
 
+def output_layer(model: nn.Module) -> nn.Module:
+    """The last layer: the linear classifier or the ordinal head."""
+    return model.classifier[-1] if isinstance(model, LeviHassnerNet) else model.head
+
+
+def output_layer_names(model: nn.Module) -> set[str]:
+    """The state-dict names of the last layer's tensors (what fine-tuning on
+    other labels re-initialises)."""
+    head = output_layer(model)
+    prefix = next(name for name, module in model.named_modules() if module is head)
+    return {f"{prefix}.{key}" for key in head.state_dict()}
+
+
 def output_bias(model: nn.Module) -> nn.Parameter:
     """The bias of a network's last layer (CORAL: its K-1 rank biases), (outputs,)."""
-    head = model.classifier[-1] if isinstance(model, LeviHassnerNet) else model.head
+    head = output_layer(model)
     return head.coral_bias if hasattr(head, "coral_bias") else head.bias
 
 

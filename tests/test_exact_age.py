@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -167,7 +168,7 @@ def test_exact_age_from_imdb_wiki_names(tmp_path, capsys):
     assert gac.cli(["--task", "exact-age", "--dataset", "imdb-wiki", "--data-dir", str(tmp_path / "d"),
                     "--checkpoint-dir", str(out), "-ep", "1", *LIGHT]) == 0
     text = capsys.readouterr().out
-    assert "ages 35-40" in text and "1 row(s) or file name(s) without a usable age" in text
+    assert "ages 35-40" in text and "1 row(s) or file name(s) without a usable label" in text
     lines = (out / "label_problems.csv").read_text().splitlines()
     assert len(lines) == 2 and "nolabel.jpg" in lines[1]
 
@@ -213,3 +214,39 @@ def test_bench_age_runs_each_loss_with_one_recipe(age_csvs, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     again = json.loads((out / "results.json").read_text())
     assert [r["loss"] for r in again] == ["ce", "coral"] and again[0] == rows[0]
+
+
+@pytest.mark.parametrize("name, gender", [
+    ("29_1_3_20170104235317706.jpg.chip.jpg", "female"),
+    ("24_0_1_20170116220224657 .jpg.chip.jpg", "male"),
+])
+def test_utkface_gender_names(name, gender):
+    assert ds.parse_utkface_gender(name) == gender
+
+
+@pytest.mark.parametrize("bad", ["39_1_20170116174525125.jpg.chip.jpg", "29_2_3_20170104235317706.jpg.chip.jpg",
+                                 "face.jpg"])
+def test_utkface_gender_bad_names(bad):
+    with pytest.raises(ValueError):
+        ds.parse_utkface_gender(bad)
+
+
+def test_gender_task_on_utkface_names(age_csvs, tmp_path, capsys):
+    # the fixture's 24 faces are female for odd i, male for even i, ages 21-56; one has no gender field
+    make_image(age_csvs / "UTKFace" / "39_1_20170116174525125.jpg.chip.jpg", 0, 99)
+    every = ds.genders_from_utkface(age_csvs / "UTKFace", min_age=26, max_age=51)
+    assert every.classes == ["female", "male"] and len(every) == 18  # ages 26-51: 6 of the 8 ages, 3 each
+    assert all(ds.parse_utkface_gender(Path(p).name) == every.classes[t] for p, t in zip(every.paths, every.targets))
+    assert [s for s in every.skipped if "39_1_2017" in s[0]]
+    out = tmp_path / "o"
+    assert gac.cli(["--dataset", "utkface", "--data-dir", str(age_csvs), "--checkpoint-dir", str(out), "-ep", "1",
+                    "--random-split", "0.25", "--val-split", "0.2", *LIGHT]) == 0
+    text = capsys.readouterr().out
+    assert "gender: 2 classes ['female', 'male']" in text and "train 14, val 4, test 6" in text
+    assert load_checkpoint(out / "model_best.tar")["classes"] == ["female", "male"]
+    assert "39_1_2017" in (out / "label_problems.csv").read_text()
+    # the age-group task has no UTKFace labels; exact age has no class folders
+    assert gac.cli(["-a", "--dataset", "utkface", "--checkpoint-dir", str(out), *LIGHT]) == 2
+    assert gac.cli(["--task", "exact-age", "--dataset", "imagefolder", "--checkpoint-dir", str(out), *LIGHT]) == 2
+    err = capsys.readouterr().err
+    assert "labels exact ages" in err and "exact age needs ages" in err

@@ -289,3 +289,60 @@ def test_mixup_changes_training_and_is_recorded(tiny_data, tmp_path):
     assert mixed["args"]["mixup"] == 0.4
     # same seed, same batches: the first step's loss differs only through the mixing
     assert plain["iter_losses"][0] != pytest.approx(mixed["iter_losses"][0], rel=1e-4)
+
+
+def _fake_checkpoint(model, classes, arch="levi_hassner"):
+    return {"model_args": {"arch": arch, "num_outputs": len(classes), "dropout": 0.5},
+            "model_state": {k: v.clone() for k, v in model.state_dict().items()}, "classes": list(classes)}
+
+
+def test_transfer_weights_copies_the_trunk_and_renews_a_foreign_head():
+    from checkpointing import CheckpointError, transfer_weights
+    from models import build_model, output_layer_names
+
+    torch.manual_seed(0)
+    source = build_model("levi_hassner", 2)
+    with torch.no_grad():
+        for p in source.parameters():
+            p.add_(1.0)  # unlike any fresh initialisation
+    ckpt = _fake_checkpoint(source, ["female", "male"])
+
+    # same classes: everything, the output layer too
+    same = build_model("levi_hassner", 2)
+    assert transfer_weights(same, ckpt, "x.tar", "levi_hassner", ["female", "male"], output_layer_names(same)) == []
+    for k, v in same.state_dict().items():
+        assert torch.equal(v, ckpt["model_state"][k]), k
+
+    # other labels (same count, or another count): the trunk, not the head
+    for classes in (["old", "young"], ["0-2", "4-6", "8-13"]):
+        target = build_model("levi_hassner", len(classes))
+        head = output_layer_names(target)
+        assert head == {"classifier.7.weight", "classifier.7.bias"}
+        before = {k: v.clone() for k, v in target.state_dict().items()}
+        kept = transfer_weights(target, ckpt, "x.tar", "levi_hassner", classes, head)
+        assert set(kept) == head
+        for k, v in target.state_dict().items():
+            assert torch.equal(v, before[k] if k in head else ckpt["model_state"][k]), k
+
+    with pytest.raises(CheckpointError, match="resnet18"):
+        transfer_weights(build_model("levi_hassner", 2), _fake_checkpoint(build_model("resnet18", 2), ["a", "b"],
+                         arch="resnet18"), "r.tar", "levi_hassner", ["a", "b"], set())
+
+
+def test_init_from_starts_from_another_run(tiny_data, tmp_path, capsys):
+    first = tmp_path / "first"
+    assert run(["--data-dir", tiny_data, "--checkpoint-dir", first, "-ep", "1"]) == 0
+    groups = make_folder_dataset(tmp_path / "groups", classes=("0-2", "4-6", "8-13"), n_train=4, n_test=2)
+    second = tmp_path / "second"
+    capsys.readouterr()
+    assert run(["--data-dir", groups, "--checkpoint-dir", second, "-ep", "1", "--init-from",
+                first / "model_best.tar"]) == 0
+    assert "own initialisation kept for: head.bias, head.weight" in capsys.readouterr().out
+    ckpt = load_checkpoint(second / "model_best.tar")
+    assert ckpt["args"]["init_from"] == str(first / "model_best.tar") and ckpt["classes"] == ["0-2", "4-6", "8-13"]
+    # another network: one line, exit 2, and nothing of the earlier run is touched
+    code = run(["--data-dir", tiny_data, "--checkpoint-dir", second, "-ep", "1", "--init-from",
+                first / "model_best.tar"], light=False)
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "architecture 'resnet18'" in err
+    assert load_checkpoint(second / "model_best.tar")["classes"] == ["0-2", "4-6", "8-13"]
