@@ -75,7 +75,7 @@ def ours(data_dir: str, epochs: int, batch_size: int, amp: bool) -> dict:
         args = gac.get_args_parser().parse_args(
             ["--data-dir", data_dir, "--checkpoint-dir", out, "-ep", str(epochs), "-b", str(batch_size),
              "--eval-every", str(epochs), "--save-every", str(epochs), "--no-progress", "--val-split", "0.1",
-             "--amp" if amp else "--no-amp"])
+             "--amp" if amp else "--no-amp", "--init-from", "none"])
         t0 = time.perf_counter()
         gac.main(args)
         total = time.perf_counter() - t0

@@ -42,6 +42,20 @@ from tasks import ClassificationTask, OrdinalTask
 
 TASK_DEFAULTS = {"gender": "gender-data", "age": "age-data"}
 
+# The start of the Levi-Hassner gender and age-group models (--init-from auto).
+# From random weights, 900 training faces took this 7M-parameter network to 0.907
+# and 0.944 gender test accuracy (seeds 1 and 0), short of the original's 95%
+# claim; its first layers learn far more from many faces. So the network is
+# first trained once on the genders of the adult UTKFace faces (16-70 years,
+# 16.8k training images, 4 epochs), re-framed (--reframe 0.53) so that their
+# tight chips show the face at the scale of the wide-margin IMDB-WIKI crops the
+# default data has; every gender or age run then starts from it.
+PRETRAINED_DIR = Path("checkpoints") / "utkface-gender"
+PRETRAIN_DATA = Path("utkface")
+PRETRAIN_RECIPE = ["--dataset", "utkface", "--min-age", "16", "--max-age", "70", "--random-split", "0.05",
+                   "--reframe", "0.53", "-ep", "4", "--eval-every", "1", "--save-every", "1", "--ema-epochs", "1",
+                   "--val-split", "0.05", "--seed", "0", "--init-from", "none"]
+
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Train a gender or age-group classifier (Levi-Hassner CNN).",
@@ -98,6 +112,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--max-age", type=int, default=None, help="oldest age; default: from the data")
     g.add_argument("--random-split", type=float, default=None, metavar="FRACTION",
                    help="ignore the CSV split: a seeded random test split of this share over all ages")
+    p.add_argument("--reframe", type=float, default=1.0, metavar="SCALE",
+                   help="train on tight face chips (UTKFace) as if they were wide-margin crops (IMDB-WIKI): "
+                        "each image shrunk to SCALE of the side, its edges smeared and blurred around it "
+                        "(default 1: off; 0.53 matches UTKFace faces to IMDB-WIKI's)")
     p.add_argument("--dropout", type=float, default=0.5, help="dropout of the fully connected layers")
     p.add_argument("--data-dir", default=None,
                    help="folder with train/ and test/ class folders (default: gender-data or age-data)")
@@ -130,9 +148,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--save-every", type=int, default=5, help="save checkpoint<epoch>.tar every this many epochs")
     p.add_argument("--resume", nargs="?", const="last", default=None, metavar="PATH",
                    help="continue a run: from checkpoint_last.tar of --checkpoint-dir, or from PATH")
-    p.add_argument("--init-from", default=None, metavar="PATH",
-                   help="fine-tune: start from the weights of another run's checkpoint of the same network "
-                        "(its output layer too when it has the same classes); default: random initialisation")
+    p.add_argument("--init-from", default="auto", metavar="PATH|auto|none",
+                   help="start from the weights of another run's checkpoint of the same network (its output "
+                        "layer too when it has the same classes); auto (default): for the Levi-Hassner gender "
+                        "and age-group models, the network pretrained on UTKFace genders in "
+                        "checkpoints/utkface-gender/, trained there first (once) when missing and utkface/ is "
+                        "present; none: random initialisation")
     p.add_argument("--test-only", action="store_true",
                    help="only evaluate model_best.tar (or --resume PATH) on the test split")
     p.add_argument("--strict", action="store_true", help="stop on unreadable images instead of skipping them")
@@ -268,6 +289,48 @@ def exact_age_samples(args) -> tuple[ds.SampleSet, ds.SampleSet, list]:
     return tr, te, tr.skipped + te.skipped
 
 
+def pretrained_start(args, name: str, world: int, log) -> str | None:
+    """The checkpoint to start from (--init-from), or None for random weights.
+
+    auto: for a Levi-Hassner gender or age-group run (not a resumed, test-only,
+    dry or pretraining run), PRETRAINED_DIR's model once its run has finished
+    (test_results.json written); when it is missing and PRETRAIN_DATA is there,
+    train it first with PRETRAIN_RECIPE (resuming an interrupted one), in this
+    process. Without the UTKFace data the run starts from random weights, and
+    says so.
+    """
+    if args.resume or args.test_only or args.init_from == "none":
+        return None
+    if args.init_from != "auto":
+        return args.init_from
+    if name == "exact-age" or args.arch != "levi_hassner" or args.dataset != "imagefolder":
+        return None
+    best = PRETRAINED_DIR / "model_best.tar"
+    if (PRETRAINED_DIR / "test_results.json").is_file() and best.is_file():
+        return str(best)
+    command = "python gender_age_classifier.py " + " ".join(PRETRAIN_RECIPE) + f" --checkpoint-dir {PRETRAINED_DIR}"
+    if not (PRETRAIN_DATA / "UTKFace").is_dir() or args.dry_run:
+        log(f"note: no pretrained start ({best} not trained yet"
+            + (", and --dry-run does not train it" if args.dry_run else f"; it needs {PRETRAIN_DATA / 'UTKFace'}")
+            + "): starting from random weights, which reach less (see README, Results)")
+        return None
+    if world > 1:
+        raise ds.DatasetError(f"the pretrained start {best} is missing: train it once in one process "
+                              f"({command}), or pass --init-from none")
+    log(f"pretrained start {best} missing: training it first, once, on UTKFace genders (about 20 min on "
+        f"2 CPU cores): {command}")
+    argv = [*PRETRAIN_RECIPE, "--checkpoint-dir", str(PRETRAINED_DIR), "--data-dir", str(PRETRAIN_DATA),
+            "--device", args.device, "--cache", args.cache, "--amp" if args.amp else "--no-amp"]
+    argv += ["--threads", str(args.threads)] if args.threads else []
+    argv += ["--workers", str(args.workers)] if args.workers is not None else []
+    argv += ["--no-progress"] if args.no_progress else []
+    if latest_checkpoint(PRETRAINED_DIR).is_file():
+        argv.append("--resume")
+    main(get_args_parser().parse_args(argv))
+    log(f"pretrained start ready: {best}")
+    return str(best)
+
+
 def utkface_gender_samples(image_dir: Path, args) -> tuple[ds.SampleSet, ds.SampleSet, list]:
     """(train, test, problems) for --task gender --dataset utkface: genders from
     the file names (ages --min-age to --max-age), a seeded stratified test share."""
@@ -288,13 +351,14 @@ def split_ages(samples: ds.AgeSamples, fraction: float, seed: int) -> tuple[ds.A
     return train, test
 
 
-def build_split(samples: ds.SampleSet, preset: ds.Preset, mode: str, workers: int, progress: bool):
+def build_split(samples: ds.SampleSet, preset: ds.Preset, mode: str, workers: int, progress: bool,
+                reframe_scale: float = 1.0):
     """SampleSet -> (dataset, bad list): decoded into memory, or streaming."""
     if mode == "memory":
-        data = ds.CachedImages(samples, preset.resize, workers, progress)
+        data = ds.CachedImages(samples, preset.resize, workers, progress, reframe_scale)
         return data, data.bad
     bad = ds.check_files(samples.paths, workers)
-    data = ds.StreamingImages(ds.drop_bad(samples, bad), preset.resize)
+    data = ds.StreamingImages(ds.drop_bad(samples, bad), preset.resize, reframe_scale)
     return data, bad
 
 
@@ -600,6 +664,8 @@ def main(args) -> dict:
     out = Path(args.checkpoint_dir or Path("checkpoints") / name)
     if args.dry_run:
         args.epochs = 1
+    if not 0 < args.reframe <= 1:
+        raise ds.DatasetError(f"--reframe must be in (0, 1], got {args.reframe}")
     for opt in ("batch_size", "epochs", "eval_every", "save_every", "lr_step"):
         if getattr(args, opt) < 1:
             raise ds.DatasetError(f"--{opt.replace('_', '-')} must be at least 1, got {getattr(args, opt)}")
@@ -617,6 +683,8 @@ def main(args) -> dict:
     cores = os.cpu_count() or 1
     torch.set_num_threads(args.threads or max(1, cores // world))
     workers = args.workers if args.workers is not None else min(8, cores)
+    start = pretrained_start(args, name, world, log)  # may train it first: before this run seeds its RNG
+    args.init_from = start or "none"  # what the checkpoint records: the start actually used
     torch.manual_seed(args.seed)
 
     if rank == 0:
@@ -659,9 +727,10 @@ def main(args) -> dict:
         ds.write_bad_list(problems, listing)
         log(f"warning: {len(problems)} row(s) or file name(s) without a usable label, listed in {listing}")
     progress = rank == 0 and not args.no_progress
-    train_data, bad = build_split(train_samples, preset, mode, workers, progress)
-    test_data, bad_test = build_split(test_samples, preset, mode, workers, progress)
-    val_data, bad_val = (build_split(val_samples, preset, mode, workers, progress) if held else (test_data, []))
+    split = lambda samples: build_split(samples, preset, mode, workers, progress, args.reframe)
+    train_data, bad = split(train_samples)
+    test_data, bad_test = split(test_samples)
+    val_data, bad_val = split(val_samples) if held else (test_data, [])
     if rank == 0:
         report_bad(bad + bad_val + bad_test, out, args.strict, log)
         if bad + bad_val + bad_test:
@@ -684,10 +753,10 @@ def main(args) -> dict:
         task = ClassificationTask(classes, args.label_smoothing)
         model_args = {"arch": args.arch, "num_outputs": len(classes), "dropout": args.dropout}
     model = build_model(**model_args).to(device)
-    if args.init_from and not args.resume:
-        source = load_checkpoint(args.init_from)
-        fresh = transfer_weights(model, source, args.init_from, args.arch, classes, output_layer_names(model))
-        log(f"initialised from {args.init_from} ({source.get('task')}, classes {source.get('classes')}); "
+    if start:
+        source = load_checkpoint(start)
+        fresh = transfer_weights(model, source, start, args.arch, classes, output_layer_names(model))
+        log(f"initialised from {start} ({source.get('task')}, classes {source.get('classes')}); "
             f"own initialisation kept for: {', '.join(sorted(fresh)) or 'nothing'}")
     if ordinal and args.bias_init == "prior":
         with torch.no_grad():

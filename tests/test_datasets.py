@@ -227,3 +227,24 @@ def test_strong_augmentation_geometry_and_colour():
     y = preset.train_batch_strong(ramp, torch.Generator().manual_seed(1))
     left, right = y[..., :3].mean((1, 2, 3)), y[..., -3:].mean((1, 2, 3))
     assert (left > right).any() and (left < right).any()
+
+
+def test_reframe_puts_the_chip_in_the_centre_and_smears_its_edges_around_it(tmp_path):
+    chip = np.zeros((100, 100, 3), np.uint8)
+    chip[:, :50] = (200, 0, 0)   # left half red
+    chip[:, 50:] = (0, 0, 200)   # right half blue
+    chip[40:60, 40:60] = (0, 255, 0)  # a green "face" in the middle
+    out = np.asarray(ds.reframe(Image.fromarray(chip), 64, 0.5))
+    assert out.shape == (64, 64, 3)
+    inner = np.asarray(ds.resize_square(Image.fromarray(chip), 32))
+    assert np.array_equal(out[16:48, 16:48], inner)  # the chip itself, sharp, in the centre
+    # the margin continues the chip's edges (red left, blue right) and holds no copy of the green face
+    assert out[2, 2, 0] > 150 and out[2, 2, 2] < 50 and out[61, 61, 2] > 150 and out[61, 61, 0] < 50
+    margin = np.ones((64, 64), bool)
+    margin[16:48, 16:48] = False
+    assert out[margin][:, 1].max() < 60
+    # and the training decode applies it
+    path = tmp_path / "chip.png"
+    Image.fromarray(chip).save(path)
+    assert torch.equal(ds.decode_resized(path, 64, 0.5), torch.from_numpy(out.copy()).permute(2, 0, 1))
+    assert ds.decode_resized(path, 64).shape == (3, 64, 64)

@@ -346,3 +346,40 @@ def test_init_from_starts_from_another_run(tiny_data, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "architecture 'resnet18'" in err
     assert load_checkpoint(second / "model_best.tar")["classes"] == ["0-2", "4-6", "8-13"]
+
+
+def test_auto_start_trains_the_pretraining_once_then_reuses_it(tiny_data, tmp_path, monkeypatch, capsys):
+    from conftest import make_image
+    # without UTKFace: random weights, said so, recorded
+    out = tmp_path / "scratch"
+    assert run(["--data-dir", tiny_data, "--checkpoint-dir", out, "-ep", "1"], light=False) == 0
+    assert "no pretrained start" in capsys.readouterr().out
+    assert load_checkpoint(out / "model_best.tar")["args"]["init_from"] == "none"
+
+    # a UTKFace-like folder: female for odd i, male for even i
+    for i in range(16):
+        make_image(tmp_path / "utk" / "UTKFace" / f"{20 + i}_{i % 2}_0_2017010{i:03d}.jpg.chip.jpg", 1 - i % 2, i)
+    monkeypatch.setattr(gac, "PRETRAIN_DATA", tmp_path / "utk")
+    pre = tmp_path / "pre"
+    monkeypatch.setattr(gac, "PRETRAINED_DIR", pre)
+    monkeypatch.setattr(gac, "PRETRAIN_RECIPE", [a if a != "4" else "1" for a in gac.PRETRAIN_RECIPE])  # 1 epoch
+    first = tmp_path / "first"
+    assert run(["--data-dir", tiny_data, "--checkpoint-dir", first, "-ep", "1"], light=False) == 0
+    text = capsys.readouterr().out
+    assert "training it first" in text and f"initialised from {pre / 'model_best.tar'}" in text
+    pretrained = load_checkpoint(pre / "model_best.tar")
+    assert pretrained["args"]["reframe"] == 0.53 and pretrained["args"]["dataset"] == "utkface"
+    assert (pre / "test_results.json").is_file()
+    assert load_checkpoint(first / "model_best.tar")["args"]["init_from"] == str(pre / "model_best.tar")
+
+    # the next run (here an age-group one: a fresh head) reuses it without training it again
+    groups = make_folder_dataset(tmp_path / "groups", classes=("old", "young"), n_train=4, n_test=2)
+    assert run(["-a", "--data-dir", groups, "--checkpoint-dir", tmp_path / "age", "-ep", "1"], light=False) == 0
+    text = capsys.readouterr().out
+    assert "training it first" not in text
+    assert "own initialisation kept for: classifier.7.bias, classifier.7.weight" in text
+    # --init-from none, and other networks, start from random weights
+    assert run(["--data-dir", tiny_data, "--checkpoint-dir", tmp_path / "n", "-ep", "1", "--init-from", "none"],
+               light=False) == 0
+    assert run(["--data-dir", tiny_data, "--checkpoint-dir", tmp_path / "r", "-ep", "1"]) == 0
+    assert "initialised from" not in capsys.readouterr().out
