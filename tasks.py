@@ -18,6 +18,12 @@ import torch.nn.functional as F
 import losses
 
 
+def lower_loss(new: float | None, best: float | None) -> bool:
+    """The tie-break of model selection; False when either loss is unknown
+    (a checkpoint from before losses were recorded with the best value)."""
+    return new is not None and best is not None and new < best
+
+
 class ClassificationTask:
     kind = "classification"
     select_metric = "acc"  # higher is better
@@ -47,8 +53,11 @@ class ClassificationTask:
         return {"acc": conf.trace().item() / max(1, n), "loss": stats[-1].item() / max(1, n), "n": int(n),
                 "confusion": conf.long().tolist()}
 
-    def is_better(self, new: float, best: float | None) -> bool:
-        return best is None or new > best
+    def is_better(self, new: float, best: float | None, new_loss: float | None = None,
+                  best_loss: float | None = None) -> bool:
+        """Higher accuracy; on a tie (common: 100 validation images give 101
+        values) the lower validation loss."""
+        return best is None or new > best or (new == best and lower_loss(new_loss, best_loss))
 
     def describe(self, m: dict) -> str:
         return f"loss {m['loss']:.4f} acc {m['acc']:.4f}"
@@ -89,8 +98,10 @@ class OrdinalTask:
         return {"mae": stats[1].item() / n, "rmse": (stats[2].item() / n) ** 0.5, "cs5": stats[3].item() / n,
                 "loss": stats[4].item() / n, "n": int(stats[0].item())}
 
-    def is_better(self, new: float, best: float | None) -> bool:
-        return best is None or new < best
+    def is_better(self, new: float, best: float | None, new_loss: float | None = None,
+                  best_loss: float | None = None) -> bool:
+        """Lower MAE; on a tie the lower validation loss."""
+        return best is None or new < best or (new == best and lower_loss(new_loss, best_loss))
 
     def describe(self, m: dict) -> str:
         return f"loss {m['loss']:.4f} MAE {m['mae']:.3f} RMSE {m['rmse']:.3f} CS@5 {m['cs5']:.3f}"

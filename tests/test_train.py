@@ -352,7 +352,7 @@ def test_auto_start_trains_the_pretraining_once_then_reuses_it(tiny_data, tmp_pa
     from conftest import make_image
     # without UTKFace: random weights, said so, recorded
     out = tmp_path / "scratch"
-    assert run(["--data-dir", tiny_data, "--checkpoint-dir", out, "-ep", "1"], light=False) == 0
+    assert run(["--data-dir", tiny_data, "--checkpoint-dir", out, "-ep", "1", "--init-from", "auto"], light=False) == 0
     assert "no pretrained start" in capsys.readouterr().out
     assert load_checkpoint(out / "model_best.tar")["args"]["init_from"] == "none"
 
@@ -364,7 +364,8 @@ def test_auto_start_trains_the_pretraining_once_then_reuses_it(tiny_data, tmp_pa
     monkeypatch.setattr(gac, "PRETRAINED_DIR", pre)
     monkeypatch.setattr(gac, "PRETRAIN_RECIPE", [a if a != "4" else "1" for a in gac.PRETRAIN_RECIPE])  # 1 epoch
     first = tmp_path / "first"
-    assert run(["--data-dir", tiny_data, "--checkpoint-dir", first, "-ep", "1"], light=False) == 0
+    assert run(["--data-dir", tiny_data, "--checkpoint-dir", first, "-ep", "1", "--init-from", "auto"],
+               light=False) == 0
     text = capsys.readouterr().out
     assert "training it first" in text and f"initialised from {pre / 'model_best.tar'}" in text
     pretrained = load_checkpoint(pre / "model_best.tar")
@@ -374,12 +375,35 @@ def test_auto_start_trains_the_pretraining_once_then_reuses_it(tiny_data, tmp_pa
 
     # the next run (here an age-group one: a fresh head) reuses it without training it again
     groups = make_folder_dataset(tmp_path / "groups", classes=("old", "young"), n_train=4, n_test=2)
-    assert run(["-a", "--data-dir", groups, "--checkpoint-dir", tmp_path / "age", "-ep", "1"], light=False) == 0
+    assert run(["-a", "--data-dir", groups, "--checkpoint-dir", tmp_path / "age", "-ep", "1", "--init-from", "auto"],
+               light=False) == 0
     text = capsys.readouterr().out
     assert "training it first" not in text
     assert "own initialisation kept for: classifier.7.bias, classifier.7.weight" in text
-    # --init-from none, and other networks, start from random weights
-    assert run(["--data-dir", tiny_data, "--checkpoint-dir", tmp_path / "n", "-ep", "1", "--init-from", "none"],
-               light=False) == 0
-    assert run(["--data-dir", tiny_data, "--checkpoint-dir", tmp_path / "r", "-ep", "1"]) == 0
+    # the default (none), and other networks under auto, start from random weights
+    assert run(["--data-dir", tiny_data, "--checkpoint-dir", tmp_path / "n", "-ep", "1"], light=False) == 0
+    assert run(["--data-dir", tiny_data, "--checkpoint-dir", tmp_path / "r", "-ep", "1", "--init-from", "auto"]) == 0
     assert "initialised from" not in capsys.readouterr().out
+
+
+def test_model_selection_breaks_accuracy_ties_on_validation_loss():
+    from tasks import ClassificationTask, OrdinalTask
+    task = ClassificationTask(["female", "male"])
+    assert task.is_better(0.90, None)
+    assert task.is_better(0.95, 0.90, 0.50, 0.10) and not task.is_better(0.85, 0.90, 0.01, 0.50)
+    assert task.is_better(0.90, 0.90, 0.10, 0.20) and not task.is_better(0.90, 0.90, 0.30, 0.20)
+    assert not task.is_better(0.90, 0.90, 0.10, None)  # a best from an older checkpoint, without its loss
+    ordinal = OrdinalTask("coral", 5, 21)
+    assert ordinal.is_better(4.0, 4.0, 1.0, 2.0) and not ordinal.is_better(4.0, 4.0, 3.0, 2.0)
+    assert ordinal.is_better(3.9, 4.0, 9.0, 2.0)
+
+
+def test_best_checkpoint_records_its_validation_loss(tiny_data, tmp_path):
+    out = tmp_path / "o"
+    assert run(["--data-dir", tiny_data, "--checkpoint-dir", out, "-ep", "3", "--eval-every", "1"]) == 0
+    ckpt = load_checkpoint(out / "model_best.tar")
+    evals = [r for r in load_checkpoint(out / "checkpoint_last.tar")["history"] if "val_acc" in r]
+    assert len(evals) == 3
+    top = max(r["val_acc"] for r in evals)
+    chosen = min((r for r in evals if r["val_acc"] == top), key=lambda r: r["val_loss"])
+    assert ckpt["best"] == {"value": top, "metric": "acc", "epoch": chosen["epoch"], "loss": chosen["val_loss"]}
