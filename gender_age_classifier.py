@@ -45,12 +45,13 @@ TASK_DEFAULTS = {"gender": "gender-data", "age": "age-data"}
 # --init-from auto: a Levi-Hassner network pretrained on the genders of the adult
 # UTKFace faces (16-70 years, 16.8k training images, 4 epochs), re-framed
 # (--reframe 0.53) so that their tight chips show the face at the scale of the
-# wide-margin IMDB-WIKI crops of the default data (without that, it scored 0.565
-# on gender-data/test; with it 0.880, before any fine-tuning). Measured on the
-# default data it speeds gender training up (validation 0.97 by epoch 5) but did
-# not raise the final test accuracy (0.926 and 0.907 for seeds 0 and 1, against
-# 0.944 and 0.907 from random weights) and lowered young/old (0.892 vs 0.916),
-# so it is an option, not the default (README, Results).
+# wide-margin IMDB-WIKI crops of the default data (a pretraining without that
+# scored 0.565 on gender-data/test, this one 0.880, before any fine-tuning). On
+# the default data it speeds gender training up (validation 0.90/0.97 at epoch 5
+# for seeds 0/1, 0.72 from random weights) but did not raise the final test
+# accuracy (0.926 and 0.935 for seeds 0 and 1, against 0.935 and 0.907 from
+# random weights) and lowered young/old (0.892 vs 0.916), so it is an option,
+# not the default (README, Results).
 PRETRAINED_DIR = Path("checkpoints") / "utkface-gender"
 PRETRAIN_DATA = Path("utkface")
 PRETRAIN_RECIPE = ["--dataset", "utkface", "--min-age", "16", "--max-age", "70", "--random-split", "0.05",
