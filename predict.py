@@ -608,8 +608,9 @@ def build_predictors(args, task: str, device: torch.device, amp: bool) -> dict:
     legacy = args.onnx or args.checkpoint
     if legacy or not asked:
         path = legacy or str(Path("checkpoints") / task / "model_best.tar")
-        # the default (or -a) checkpoint must be of the task asked for
-        asked.insert(0, (path, task if (not legacy or args.age) else None))
+        # the default (or -a) checkpoint, or any checkpoint on the default (or -a) folder,
+        # must be of the task asked for; --checkpoint on explicit inputs may be of any task
+        asked.insert(0, (path, task if (not legacy or args.age or not args.inputs) else None))
     predictors = {}
     for path, want in asked:
         p = load_predictor(path, device, amp)

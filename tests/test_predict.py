@@ -86,8 +86,8 @@ def test_bad_files_are_reported_and_the_rest_predicted(trained, monkeypatch, cap
     assert "empty.jpg: empty file" in err and "text.jpg" in err and "Traceback" not in err
 
 
-@pytest.mark.parametrize("case", ["empty_folder", "missing_ckpt", "other_task", "other_classes",
-                                  "missing_input"])
+@pytest.mark.parametrize("case", ["empty_folder", "missing_ckpt", "other_task", "other_task_default_folder",
+                                  "other_classes", "missing_input"])
 def test_one_line_errors(trained, monkeypatch, capsys, tmp_path, case):
     monkeypatch.chdir(trained)
     if case == "empty_folder":
@@ -97,6 +97,9 @@ def test_one_line_errors(trained, monkeypatch, capsys, tmp_path, case):
         argv, match = ["--checkpoint", str(tmp_path / "nope.tar")], "not found"
     elif case == "other_task":
         argv, match = ["-a", "--checkpoint", "checkpoints/gender/model_best.tar"], "'gender' checkpoint, not 'age'"
+    elif case == "other_task_default_folder":
+        # no -a and no inputs: gender-data/predict, so the checkpoint must be a gender one
+        argv, match = ["--checkpoint", "checkpoints/age/model_best.tar"], "'age' checkpoint, not 'gender'"
     elif case == "other_classes":
         # a data folder whose classes differ from the checkpoint's
         shutil.copytree(trained / "gender-data", tmp_path / "gender-data")
