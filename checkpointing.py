@@ -117,7 +117,6 @@ def expect(ckpt: dict, path, task: str | None = None, arch: str | None = None,
                               f"{list(classes)}: use a matching checkpoint or data folder")
 
 
-
 def transfer_weights(model: torch.nn.Module, ckpt: dict, path, arch: str, classes: list,
                      head_names: set[str]) -> list[str]:
     """Start ``model`` from another run's weights (fine-tuning), in place.

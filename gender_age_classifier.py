@@ -314,13 +314,13 @@ def pretrained_start(args, name: str, world: int, log) -> str | None:
     if not (PRETRAIN_DATA / "UTKFace").is_dir() or args.dry_run:
         log(f"note: no pretrained start ({best} not trained yet"
             + (", and --dry-run does not train it" if args.dry_run else f"; it needs {PRETRAIN_DATA / 'UTKFace'}")
-            + "): starting from random weights, which reach less (see README, Results)")
+            + "): starting from random weights")
         return None
     if world > 1:
         raise ds.DatasetError(f"the pretrained start {best} is missing: train it once in one process "
                               f"({command}), or pass --init-from none")
-    log(f"pretrained start {best} missing: training it first, once, on UTKFace genders (about 20 min on "
-        f"2 CPU cores): {command}")
+    log(f"pretrained start {best} missing: training it first, once, on UTKFace genders (16 min on the "
+        f"README's 2-core CPU): {command}")
     argv = [*PRETRAIN_RECIPE, "--checkpoint-dir", str(PRETRAINED_DIR), "--data-dir", str(PRETRAIN_DATA),
             "--device", args.device, "--cache", args.cache, "--amp" if args.amp else "--no-amp"]
     argv += ["--threads", str(args.threads)] if args.threads else []

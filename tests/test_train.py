@@ -373,6 +373,13 @@ def test_auto_start_trains_the_pretraining_once_then_reuses_it(tiny_data, tmp_pa
     assert (pre / "test_results.json").is_file()
     assert load_checkpoint(first / "model_best.tar")["args"]["init_from"] == str(pre / "model_best.tar")
 
+    # a pretraining interrupted before its test (no test_results.json) is resumed, not restarted
+    (pre / "test_results.json").unlink()
+    assert run(["--data-dir", tiny_data, "--checkpoint-dir", tmp_path / "again", "-ep", "1", "--init-from", "auto"],
+               light=False) == 0
+    text = capsys.readouterr().out
+    assert f"resumed from {pre / 'checkpoint_last.tar'}" in text and (pre / "test_results.json").is_file()
+
     # the next run (here an age-group one: a fresh head) reuses it without training it again
     groups = make_folder_dataset(tmp_path / "groups", classes=("old", "young"), n_train=4, n_test=2)
     assert run(["-a", "--data-dir", groups, "--checkpoint-dir", tmp_path / "age", "-ep", "1", "--init-from", "auto"],
@@ -407,3 +414,33 @@ def test_best_checkpoint_records_its_validation_loss(tiny_data, tmp_path):
     top = max(r["val_acc"] for r in evals)
     chosen = min((r for r in evals if r["val_acc"] == top), key=lambda r: r["val_loss"])
     assert ckpt["best"] == {"value": top, "metric": "acc", "epoch": chosen["epoch"], "loss": chosen["val_loss"]}
+
+
+def test_auto_start_is_not_trained_by_a_dry_run_or_under_torchrun(tmp_path, monkeypatch, capsys):
+    from conftest import make_image
+    import datasets as ds
+    make_image(tmp_path / "utk" / "UTKFace" / "20_0_0_20170101000.jpg.chip.jpg", 0, 0)
+    monkeypatch.setattr(gac, "PRETRAIN_DATA", tmp_path / "utk")
+    trained = []
+    monkeypatch.setattr(gac, "main", lambda args: trained.append(args))
+    args = gac.get_args_parser().parse_args(["--init-from", "auto", "--dry-run"])
+    args.arch, args.dataset, args.amp = "levi_hassner", "imagefolder", False
+    assert gac.pretrained_start(args, "gender", 1, print) is None
+    assert "--dry-run does not train it" in capsys.readouterr().out
+    args.dry_run = False
+    with pytest.raises(ds.DatasetError, match="train it once in one process"):
+        gac.pretrained_start(args, "gender", 2, print)
+    assert trained == []
+    # exact age and other networks never use it; a single process trains it with the recipe
+    assert gac.pretrained_start(args, "exact-age", 1, print) is None
+    assert gac.pretrained_start(args, "gender", 1, print) == str(gac.PRETRAINED_DIR / "model_best.tar")
+    assert len(trained) == 1 and trained[0].reframe == 0.53 and trained[0].dataset == "utkface"
+    assert not trained[0].resume  # nothing to resume yet
+
+
+def test_a_last_batch_of_one_image_is_dropped():
+    args = gac.get_args_parser().parse_args(["-b", "8"])
+    assert gac.steps_per_epoch(9, args, 1) == 1      # 8 + 1: the single image waits for another epoch
+    assert gac.steps_per_epoch(10, args, 1) == 2     # 8 + 2 is kept
+    assert gac.steps_per_epoch(1, args, 1) == 1      # never zero steps
+    assert gac.steps_per_epoch(17, args, 2) == 2     # per process: 9 = 4 + 4 + 1
