@@ -11,7 +11,7 @@ train:
 	py=$$(bash scripts/setup.sh) && $$py gender_age_classifier.py $(ARGS) && $$py gender_age_classifier.py -a $(ARGS)
 
 test:
-	py=$$(bash scripts/setup.sh) && $$py -m pytest -q tests
+	py=$$(bash scripts/setup.sh) && $$py -m pytest -q -n auto --dist worksteal tests
 
 bench:
 	py=$$(bash scripts/setup.sh) && $$py bench.py $(ARGS)

@@ -119,7 +119,7 @@ def predict_rate(data_dir: str, amp: bool) -> dict:
             ["--data-dir", data_dir, "--checkpoint-dir", out, "--dry-run", "--no-progress", "--max-per-class", "8"]))
         predictor = predict.Predictor(Path(out) / "model_best.tar", torch.device("cpu"), amp)
     paths = predict.collect_inputs([str(Path(data_dir) / "train"), str(Path(data_dir) / "test")])
-    workers = min(8, os.cpu_count() or 1)
+    workers = min(8, ds.usable_cores())
     t0 = time.perf_counter()
     n = sum(1 for _, probs, _ in predict.predict_files(predictor, paths, 64, workers) if probs is not None)
     seconds = time.perf_counter() - t0
@@ -128,7 +128,7 @@ def predict_rate(data_dir: str, amp: bool) -> dict:
 
 def options(args) -> dict:
     """Compute-only rate under each option, to decide what to adopt."""
-    cores = os.cpu_count() or 1
+    cores = ds.usable_cores()
     r = {}
     for name, kw, threads in [("fp32, NCHW", dict(amp=False, channels_last=False), cores),
                               ("fp32, channels_last", dict(amp=False), cores),
@@ -145,13 +145,13 @@ def main(args) -> dict:
     if args.options:
         return options(args)
     amp = gac.bf16_is_fast(torch.device("cpu")) if args.amp is None else args.amp
-    torch.set_num_threads(os.cpu_count() or 1)
-    print(f"bench: {os.cpu_count()} cores, torch {torch.__version__}, batch {args.batch_size}, "
+    torch.set_num_threads(ds.usable_cores())
+    print(f"bench: {ds.usable_cores()} cores, torch {torch.__version__}, batch {args.batch_size}, "
           f"{'bf16 autocast' if amp else 'fp32'}, Levi-Hassner 227x227")
     r = {"compute_only": compute_only(args.batch_size, args.steps, amp)}
     print(f"1. compute only (synthetic tensors):     {r['compute_only']:7.1f} img/s", flush=True)
     r["ours"] = ours(args.data_dir, args.epochs, args.batch_size, amp)
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(ds.usable_cores())
     print(f"2. ours, full epochs on {args.data_dir}:   {r['ours']['images_per_s']:7.1f} img/s "
           f"({r['ours']['epoch_seconds']:.1f} s/epoch; {args.epochs} epochs + decode + eval in "
           f"{r['ours']['wall_seconds']:.0f} s)", flush=True)

@@ -56,6 +56,15 @@ class BadImageError(Exception):
 # Finding and opening images
 # --------------------------------------------------------------------------
 
+def usable_cores() -> int:
+    """The CPUs this process may run on: its affinity (taskset, a container's
+    cpuset, a test worker pinned to one core), not the machine's total, which
+    would start more threads and decode workers than there are cores to run them."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
 def is_hidden(name: str) -> bool:
     # .DS_Store, macOS '._x.jpg' resource forks, editor swap files, .git ...
     return name.startswith(".")

@@ -37,7 +37,8 @@ import losses
 import plots
 from checkpointing import (CHECKPOINT_FORMAT, CheckpointError, atomic_torch_save, check_writable, expect,
                            load_checkpoint, transfer_weights)
-from models import ARCHITECTURES, build_model, default_input_geometry, output_bias, output_layer_names
+from models import (ARCHITECTURES, build_model, default_input_geometry, feature_extractor, output_bias,
+                    output_layer_names)
 from tasks import ClassificationTask, OrdinalTask
 
 TASK_DEFAULTS = {"gender": "gender-data", "age": "age-data"}
@@ -156,6 +157,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         "age-group models, the network pretrained on UTKFace genders in "
                         "checkpoints/utkface-gender/, trained there first (once) when missing and utkface/ is "
                         "present; none (default): random initialisation")
+    p.add_argument("--feature-lr-scale", type=float, default=1.0, metavar="SCALE",
+                   help="the convolutional layers learn at SCALE * lr, the fc layers at lr: a lower rate "
+                        "keeps more of an --init-from start's features (default: 1.0)")
     p.add_argument("--test-only", action="store_true",
                    help="only evaluate model_best.tar (or --resume PATH) on the test split")
     p.add_argument("--strict", action="store_true", help="stop on unreadable images instead of skipping them")
@@ -682,7 +686,7 @@ def main(args) -> dict:
         args.amp = bf16_is_fast(device)
     rank, world = init_distributed(device)
     log = print if rank == 0 else (lambda *a, **k: None)
-    cores = os.cpu_count() or 1
+    cores = ds.usable_cores()
     torch.set_num_threads(args.threads or max(1, cores // world))
     workers = args.workers if args.workers is not None else min(8, cores)
     start = pretrained_start(args, name, world, log)  # may train it first: before this run seeds its RNG
@@ -874,6 +878,13 @@ def latest_checkpoint(out: Path) -> Path:
 
 def make_optimizer(model, args):
     params = model.parameters()
+    if args.feature_lr_scale != 1.0:
+        # two groups: the conv layers at lr * scale, the rest (the fc layers) at lr;
+        # StepLR and OneCycleLR scale each group from its own initial lr
+        features = list(feature_extractor(model).parameters())
+        ids = {id(p) for p in features}
+        params = [{"params": features, "lr": args.lr * args.feature_lr_scale},
+                  {"params": [p for p in model.parameters() if id(p) not in ids]}]
     if args.optimizer == "sgd":
         return torch.optim.SGD(params, lr=args.lr, momentum=0.9, weight_decay=args.weight_decay)
     if args.optimizer == "adamw":
@@ -885,7 +896,8 @@ def make_scheduler(optimizer, args, steps: int):
     """One optimizer for the whole run (Adam keeps its moments), decayed by a scheduler:
     step (per epoch, the original's 0.9 every 5 epochs) or one-cycle (per iteration)."""
     if args.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=max(1, steps * args.epochs),
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[g["lr"] for g in optimizer.param_groups],
+                                                   total_steps=max(1, steps * args.epochs),
                                                    pct_start=0.25)
     return torch.optim.lr_scheduler.StepLR(optimizer, step_size=args.lr_step, gamma=args.lr_gamma)
 
@@ -910,7 +922,7 @@ def train_loop(model, optimizer, scheduler, train_data, val_data, state, history
                 # per-epoch reseed: dropout and augmentation draws depend only on (seed, epoch)
                 torch.manual_seed(args.seed * 1_000_003 + e * 101 + ctx["rank"])
                 ctx["aug_gen"].manual_seed(args.seed * 7919 + e * 31 + ctx["rank"])
-            lr = optimizer.param_groups[0]["lr"]
+            lr = optimizer.param_groups[-1]["lr"]
             stats = train_one_epoch(model, optimizer, scheduler, train_data, state, args, ctx)
             if args.schedule == "step":
                 scheduler.step()

@@ -108,6 +108,12 @@ def output_layer(model: nn.Module) -> nn.Module:
     return model.classifier[-1] if isinstance(model, LeviHassnerNet) else model.head
 
 
+def feature_extractor(model: nn.Module) -> nn.Module:
+    """The convolutional part: the Levi-Hassner conv blocks or the ResNet trunk
+    (what a fine-tuning run may train at a lower learning rate)."""
+    return model.features if isinstance(model, LeviHassnerNet) else model.trunk
+
+
 def output_layer_names(model: nn.Module) -> set[str]:
     """The state-dict names of the last layer's tensors (what fine-tuning on
     other labels re-initialises)."""

@@ -645,7 +645,7 @@ def main(args) -> int:
     paths = collect_inputs(inputs)
     detector = None if args.detect == "off" else faces.make_detector(args.detector, device)
     annotator = Annotator(args.annotate, paths) if args.annotate else None
-    workers = args.workers if args.workers is not None else min(8, os.cpu_count() or 1)
+    workers = args.workers if args.workers is not None else min(8, ds.usable_cores())
     resize = max(p.preset.resize for p in predictors.values())
 
     records, failed = [], 0

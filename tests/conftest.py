@@ -9,6 +9,24 @@ import numpy as np
 import pytest
 from PIL import Image
 
+
+def _pin_xdist_worker() -> None:
+    """Under pytest-xdist (`make test` runs one worker per core), give each
+    worker its own share of the cores before torch starts its thread pool.
+    The code under test sizes its threads and decode workers from the CPU
+    affinity, so two workers on two cores run one thread each instead of
+    four threads fighting over two cores. Subprocesses inherit the affinity."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if not worker.startswith("gw") or count < 2 or not hasattr(os, "sched_setaffinity"):
+        return
+    cpus = sorted(os.sched_getaffinity(0))
+    share = cpus[int(worker[2:]) % count::count]
+    if share:
+        os.sched_setaffinity(0, share)
+
+
+_pin_xdist_worker()
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 SHARED_DATA = Path(os.environ.get("GAC_SHARED_DATA", ROOT.parent / "shared" / "data"))

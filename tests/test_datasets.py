@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import io
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -10,7 +12,7 @@ import torch
 from PIL import Image
 
 import datasets as ds
-from conftest import make_folder_dataset, make_image
+from conftest import ROOT, make_folder_dataset, make_image
 
 
 # ---- one image at a time -------------------------------------------------
@@ -248,3 +250,13 @@ def test_reframe_puts_the_chip_in_the_centre_and_smears_its_edges_around_it(tmp_
     Image.fromarray(chip).save(path)
     assert torch.equal(ds.decode_resized(path, 64, 0.5), torch.from_numpy(out.copy()).permute(2, 0, 1))
     assert ds.decode_resized(path, 64).shape == (3, 64, 64)
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="CPU affinity is a Linux call")
+def test_usable_cores_follows_the_cpu_affinity():
+    # taskset/cpuset users and the pinned test workers get threads for the
+    # cores they may use, not for every core of the machine
+    code = "import os, datasets; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); print(datasets.usable_cores())"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "1"
+    assert ds.usable_cores() == len(os.sched_getaffinity(0))

@@ -101,6 +101,25 @@ def test_adam_is_one_optimizer_with_a_step_decay(tiny_data, tmp_path):
     assert lrs == pytest.approx([1e-3, 1e-3, 9e-4, 9e-4, 8.1e-4, 8.1e-4])
 
 
+def test_feature_lr_scale_gives_the_conv_layers_their_own_rate():
+    from models import build_model, feature_extractor
+    model = build_model("levi_hassner", 2)
+    args = gac.get_args_parser().parse_args(["--feature-lr-scale", "0.1"])
+    optimizer = gac.make_optimizer(model, args)
+    conv, rest = optimizer.param_groups
+    assert conv["lr"] == pytest.approx(1e-4) and rest["lr"] == pytest.approx(1e-3)
+    assert {id(p) for p in conv["params"]} == {id(p) for p in feature_extractor(model).parameters()}
+    # every parameter in exactly one group
+    assert len(conv["params"]) + len(rest["params"]) == len(list(model.parameters()))
+    scheduler = gac.make_scheduler(optimizer, args, steps=10)
+    for _ in range(5):
+        optimizer.step()
+        scheduler.step()
+    assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([0.9e-4, 0.9e-3])
+    # without the flag: one group at lr, as before
+    assert len(gac.make_optimizer(model, gac.get_args_parser().parse_args([])).param_groups) == 1
+
+
 def test_batch_size_and_epochs_long_flags(tiny_data, tmp_path):
     out = tmp_path / "c"
     assert gac.cli(["--no-progress", "--workers", "0", "--batch-size", "4", "--epochs", "2", *LIGHT,
@@ -185,13 +204,38 @@ def _wait_for(path: Path, proc, timeout=120):
         time.sleep(0.05)
 
 
+# One uninterrupted reference run, shared by the interrupted-run tests below
+# (SIGINT, SIGTERM, kill -9): each interrupted run must end where it would have.
+# -b 2 makes 9 steps an epoch, so a signal sent once checkpoint1.tar exists
+# lands while epoch 2 or 3 is still running.
+INTERRUPTED = ["-ep", "3", "--seed", "5", "-b", "2", "--save-every", "1", "--eval-every", "1"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    root = tmp_path_factory.mktemp("uninterrupted")
+    data = make_folder_dataset(root / "d", n_train=10, n_test=3)
+    assert run(["--data-dir", data, "--checkpoint-dir", root / "full", *INTERRUPTED]) == 0
+    return data, root / "full"
+
+
+def _assert_same_run(full: Path, part: Path):
+    a, b = (load_checkpoint(o / "checkpoint_last.tar") for o in (full, part))
+    for k in a["model_state"]:
+        assert torch.allclose(a["model_state"][k].float(), b["model_state"][k].float(), atol=1e-5), k
+    assert [r["train_loss"] for r in a["history"]] == pytest.approx([r["train_loss"] for r in b["history"]], abs=1e-6)
+    ra, rb = (json.loads((o / "test_results.json").read_text()) for o in (full, part))
+    # tolerance: identical to 1e-6 (a seeded CPU run is bit-reproducible here)
+    assert ra["test_acc"] == pytest.approx(rb["test_acc"], abs=1e-6)
+    assert ra["confusion"] == rb["confusion"]
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_signal_saves_and_resumes_exactly(tmp_path, sig):
-    data = make_folder_dataset(tmp_path / "d", n_train=10, n_test=1)
-    full, part = tmp_path / "full", tmp_path / "part"
-    common = ["--data-dir", data, "-ep", "3", "--seed", "5", "-b", "2"]
-    assert run([*common, "--checkpoint-dir", full]) == 0
-    proc = _spawn([*common, "--checkpoint-dir", part, "--eval-every", "1", "--save-every", "1"], tmp_path)
+def test_signal_saves_and_resumes_exactly(uninterrupted, tmp_path, sig):
+    data, full = uninterrupted
+    part = tmp_path / "part"
+    common = ["--data-dir", data, "--checkpoint-dir", part, *INTERRUPTED]
+    proc = _spawn(common, tmp_path)
     _wait_for(part / "checkpoint1.tar", proc)
     proc.send_signal(sig)
     output = proc.communicate(timeout=120)[0]
@@ -199,29 +243,20 @@ def test_signal_saves_and_resumes_exactly(tmp_path, sig):
     assert "state saved" in output and "Traceback" not in output
     ckpt = load_checkpoint(part / "checkpoint_last.tar")
     assert ckpt["epoch"] >= 1
-    assert run([*common, "--checkpoint-dir", part, "--eval-every", "1", "--save-every", "1", "--resume"]) == 0
-    a, b = (load_checkpoint(o / "checkpoint_last.tar") for o in (full, part))
-    for k in a["model_state"]:
-        assert torch.allclose(a["model_state"][k].float(), b["model_state"][k].float(), atol=1e-5), k
+    assert run([*common, "--resume"]) == 0
+    _assert_same_run(full, part)
 
 
-def test_kill_9_then_resume_matches_uninterrupted(tmp_path):
-    data = make_folder_dataset(tmp_path / "d", n_train=10, n_test=3)
-    full, part = tmp_path / "full", tmp_path / "part"
-    common = ["--data-dir", data, "-ep", "3", "--seed", "11", "--save-every", "1", "--eval-every", "1"]
-    assert run([*common, "--checkpoint-dir", full]) == 0
-    proc = _spawn([*common, "--checkpoint-dir", part], tmp_path)
+def test_kill_9_then_resume_matches_uninterrupted(uninterrupted, tmp_path):
+    data, full = uninterrupted
+    part = tmp_path / "part"
+    common = ["--data-dir", data, "--checkpoint-dir", part, *INTERRUPTED]
+    proc = _spawn(common, tmp_path)
     _wait_for(part / "checkpoint1.tar", proc)
     proc.kill()  # SIGKILL: no handler runs
     proc.wait()
-    assert run([*common, "--checkpoint-dir", part, "--resume"]) == 0
-    a = json.loads((full / "test_results.json").read_text())
-    b = json.loads((part / "test_results.json").read_text())
-    # tolerance: identical to 1e-6 (a seeded CPU run is bit-reproducible here)
-    assert a["test_acc"] == pytest.approx(b["test_acc"], abs=1e-6)
-    assert a["confusion"] == b["confusion"]
-    ha, hb = (load_checkpoint(o / "checkpoint_last.tar")["history"] for o in (full, part))
-    assert [r["train_loss"] for r in ha] == pytest.approx([r["train_loss"] for r in hb], abs=1e-6)
+    assert run([*common, "--resume"]) == 0
+    _assert_same_run(full, part)
 
 
 def test_resume_falls_back_to_the_newest_numbered_checkpoint(tmp_path):
