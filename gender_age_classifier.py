@@ -73,6 +73,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--lr-step", type=int, default=5, help="decay the learning rate every this many epochs")
     p.add_argument("--lr-gamma", type=float, default=0.9, help="learning-rate decay factor")
     p.add_argument("--weight-decay", type=float, default=0.0, help="L2 weight decay")
+    p.add_argument("--feature-lr-scale", type=float, default=1.0, metavar="SCALE",
+                   help="the convolutional layers learn at SCALE * lr, the fc layers at lr: a lower rate "
+                        "keeps more of an --init-from start's features (default: 1.0)")
     p.add_argument("--label-smoothing", type=float, default=0.0, help="cross-entropy label smoothing")
     p.add_argument("--aug", default="original", choices=("original", "strong"),
                    help="original: RandomCrop + flip, as the original; strong: also random scale, position "
@@ -157,9 +160,6 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         "age-group models, the network pretrained on UTKFace genders in "
                         "checkpoints/utkface-gender/, trained there first (once) when missing and utkface/ is "
                         "present; none (default): random initialisation")
-    p.add_argument("--feature-lr-scale", type=float, default=1.0, metavar="SCALE",
-                   help="the convolutional layers learn at SCALE * lr, the fc layers at lr: a lower rate "
-                        "keeps more of an --init-from start's features (default: 1.0)")
     p.add_argument("--test-only", action="store_true",
                    help="only evaluate model_best.tar (or --resume PATH) on the test split")
     p.add_argument("--strict", action="store_true", help="stop on unreadable images instead of skipping them")
