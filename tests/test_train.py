@@ -397,7 +397,12 @@ def test_auto_start_trains_the_pretraining_once_then_reuses_it(tiny_data, tmp_pa
     monkeypatch.setattr(gac, "PRETRAIN_DATA", tmp_path / "utk")
     pre = tmp_path / "pre"
     monkeypatch.setattr(gac, "PRETRAINED_DIR", pre)
-    monkeypatch.setattr(gac, "PRETRAIN_RECIPE", [a if a != "4" else "1" for a in gac.PRETRAIN_RECIPE])  # 1 epoch
+    def recipe_with_epochs(n):
+        recipe = list(gac.PRETRAIN_RECIPE)
+        recipe[recipe.index("-ep") + 1] = str(n)
+        return recipe
+
+    monkeypatch.setattr(gac, "PRETRAIN_RECIPE", recipe_with_epochs(1))
     first = tmp_path / "first"
     assert run(["--data-dir", tiny_data, "--checkpoint-dir", first, "-ep", "1", "--init-from", "auto"],
                light=False) == 0
@@ -414,6 +419,15 @@ def test_auto_start_trains_the_pretraining_once_then_reuses_it(tiny_data, tmp_pa
                light=False) == 0
     text = capsys.readouterr().out
     assert f"resumed from {pre / 'checkpoint_last.tar'}" in text and (pre / "test_results.json").is_file()
+
+    # a finished pretraining of a shorter recipe is trained on to the recipe's epochs
+    monkeypatch.setattr(gac, "PRETRAIN_RECIPE", recipe_with_epochs(2))
+    assert run(["--data-dir", tiny_data, "--checkpoint-dir", tmp_path / "longer", "-ep", "1", "--init-from", "auto"],
+               light=False) == 0
+    text = capsys.readouterr().out
+    assert "trained for 1 epochs, the recipe has 2" in text and "resumed from" in text
+    assert [r["epoch"] for r in load_checkpoint(pre / "checkpoint_last.tar")["history"]] == [1, 2]
+    assert load_checkpoint(pre / "model_best.tar")["args"]["epochs"] == 2
 
     # the next run (here an age-group one: a fresh head) reuses it without training it again
     groups = make_folder_dataset(tmp_path / "groups", classes=("old", "young"), n_train=4, n_test=2)
