@@ -315,7 +315,9 @@ def pretrained_start(args, name: str, world: int, log) -> str | None:
     epochs = int(PRETRAIN_RECIPE[PRETRAIN_RECIPE.index("-ep") + 1])
     why = "missing"
     if (PRETRAINED_DIR / "test_results.json").is_file() and best.is_file():
-        trained = load_checkpoint(best)["args"]["epochs"]
+        # epochs run, from the last checkpoint: model_best keeps the arguments of
+        # the run that last improved it, which may be a shorter one trained on
+        trained = load_checkpoint(latest_checkpoint(PRETRAINED_DIR))["epoch"]
         if trained >= epochs:
             return str(best)
         # a finished pretraining of an older, shorter recipe: its other arguments

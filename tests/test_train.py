@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -428,6 +429,9 @@ def test_auto_start_trains_the_pretraining_once_then_reuses_it(tiny_data, tmp_pa
     assert "trained for 1 epochs, the recipe has 2" in text and "resumed from" in text
     assert [r["epoch"] for r in load_checkpoint(pre / "checkpoint_last.tar")["history"]] == [1, 2]
     assert load_checkpoint(pre / "model_best.tar")["args"]["epochs"] == 2
+    # when the longer run never improves on the shorter one's best, model_best keeps
+    # that run's arguments (1 epoch): the finished 2 epochs still count as done
+    shutil.copyfile(pre / "checkpoint1.tar", pre / "model_best.tar")
 
     # the next run (here an age-group one: a fresh head) reuses it without training it again
     groups = make_folder_dataset(tmp_path / "groups", classes=("old", "young"), n_train=4, n_test=2)
