@@ -802,7 +802,12 @@ def main(args) -> dict:
         if ctx["ema"] is not None:
             ctx["ema"].module.load_state_dict(ckpt["model_state"])
             ctx["ema"].steps = int(ckpt.get("ema_steps", 0))
-        optimizer.load_state_dict(ckpt["optimizer_state"])
+        try:
+            optimizer.load_state_dict(ckpt["optimizer_state"])
+        except ValueError as e:  # another optimizer or parameter grouping than the run had
+            ran = {k: ckpt["args"].get(k) for k in ("optimizer", "feature_lr_scale")}
+            raise CheckpointError(f"{path}: its optimizer state does not fit this run's ({e}); resume with the "
+                                  f"run's own optimizer flags: {ran}") from None
         scheduler.load_state_dict(ckpt["scheduler_state"])
         state.update(ckpt["progress"])
         state["iter_losses"] = list(ckpt["iter_losses"])

@@ -121,6 +121,19 @@ def test_feature_lr_scale_gives_the_conv_layers_their_own_rate():
     assert len(gac.make_optimizer(model, gac.get_args_parser().parse_args([])).param_groups) == 1
 
 
+def test_resume_with_other_optimizer_groups_is_a_one_line_error(tiny_data, tmp_path, capsys):
+    out = tmp_path / "c"
+    assert run(["--data-dir", tiny_data, "--checkpoint-dir", out, "-ep", "1", "--feature-lr-scale", "0.1"]) == 0
+    before = (out / "checkpoint_last.tar").read_bytes()
+    capsys.readouterr()
+    assert run(["--data-dir", tiny_data, "--checkpoint-dir", out, "-ep", "2", "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "optimizer state does not fit" in err and "'feature_lr_scale': 0.1" in err and "Traceback" not in err
+    assert (out / "checkpoint_last.tar").read_bytes() == before
+    # with the run's own flags it continues
+    assert run(["--data-dir", tiny_data, "--checkpoint-dir", out, "-ep", "2", "--resume", "--feature-lr-scale", "0.1"]) == 0
+
+
 def test_batch_size_and_epochs_long_flags(tiny_data, tmp_path):
     out = tmp_path / "c"
     assert gac.cli(["--no-progress", "--workers", "0", "--batch-size", "4", "--epochs", "2", *LIGHT,
