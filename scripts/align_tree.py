@@ -26,6 +26,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import datasets as ds  # noqa: E402
+from checkpointing import atomic_write  # noqa: E402
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -70,9 +71,14 @@ def main(args) -> int:
     if not files:
         print(f"error: no images under {src}", file=sys.stderr)
         return 2
-    missed = 0
+    missed, bad = 0, 0
     for f in files:
-        img = ds.load_rgb(f)
+        try:
+            img = ds.load_rgb(f)
+        except ds.BadImageError as e:
+            print(f"warning: skipped {f}: {e}", file=sys.stderr)
+            bad += 1
+            continue
         boxes, _, marks = mtcnn.detect(np.asarray(img), landmarks=True)
         if boxes is None:
             missed += 1
@@ -80,11 +86,11 @@ def main(args) -> int:
         else:
             j = central_face(boxes, *img.size)
             out = align(img, marks[j][0], marks[j][1], args.size, args.eye_dist, args.eye_y)
-        target = dst / Path(f).relative_to(src)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        out.save(target.with_suffix(".jpg"), quality=95)
-    print(f"aligned {len(files) - missed} of {len(files)} images into {dst} ({missed} without a face, resized whole)")
-    return 0
+        with atomic_write((dst / Path(f).relative_to(src)).with_suffix(".jpg")) as fh:
+            out.save(fh, format="JPEG", quality=95)
+    print(f"aligned {len(files) - missed - bad} of {len(files)} images into {dst} "
+          f"({missed} without a face, resized whole; {bad} unreadable, skipped)")
+    return 1 if bad else 0
 
 
 if __name__ == "__main__":

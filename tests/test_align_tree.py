@@ -64,6 +64,13 @@ def test_cli_keeps_the_tree_and_resizes_faceless_images(tmp_path):
                         "--size", "64", "--threads", "1"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "aligned 0 of 2 images" in r.stdout and "2 without a face" in r.stdout
+    # an unreadable file: one warning line, the rest still written, exit status 1
+    (src / "train" / "male" / "broken.jpg").write_bytes(b"not a jpeg")
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "align_tree.py"), str(src), str(dst),
+                        "--size", "64", "--threads", "1"], capture_output=True, text=True)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.count("\n") == 1 and "broken.jpg" in r.stderr and "1 unreadable" in r.stdout
+    assert not (dst / "train" / "male" / "broken.jpg").exists()
     for cls in ("female", "male"):
         assert Image.open(dst / "train" / cls / "a.jpg").size == (64, 64)
     r = subprocess.run([sys.executable, str(ROOT / "scripts" / "align_tree.py"), str(tmp_path / "none"),
