@@ -56,9 +56,12 @@ class FaceError(Exception):
 
 @dataclass(frozen=True)
 class Face:
-    """One detected face: box (x0, y0, x1, y1) in image pixels, score in [0, 1] or None."""
+    """One detected face: box (x0, y0, x1, y1) in image pixels, score in [0, 1] or None,
+    and MTCNN's five landmarks ((x, y) of the left eye, right eye, nose, left and
+    right mouth corner, in image pixels) or None (the Haar cascade gives none)."""
     box: tuple
     score: float | None = None
+    landmarks: tuple | None = None
 
 
 @dataclass(frozen=True)
@@ -169,12 +172,14 @@ class MtcnnDetector:
     def detect(self, rgb: np.ndarray) -> list[Face]:
         if min(rgb.shape[:2]) < self.min_size:  # no face fits (and MTCNN's image pyramid would be empty)
             return []
-        boxes, scores = self.model.detect(rgb)
+        boxes, scores, marks = self.model.detect(rgb, landmarks=True)
         if boxes is None:
             return []
         boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
         scores = np.asarray(scores, dtype=np.float64).reshape(-1)
-        return [Face(tuple(b.tolist()), float(s)) for b, s in zip(boxes, scores) if s >= self.min_score]
+        marks = np.asarray(marks, dtype=np.float64).reshape(-1, 5, 2)
+        return [Face(tuple(b.tolist()), float(s), tuple(map(tuple, m.tolist())))
+                for b, s, m in zip(boxes, scores, marks) if s >= self.min_score]
 
 
 class HaarDetector:
@@ -218,7 +223,9 @@ def detect_faces(detector, img: Image.Image, max_side: int = DETECT_SIZE) -> lis
                                                  max(1, round(img.height * scale))), Image.BILINEAR)
     faces = detector.detect(np.asarray(small))
     if scale != 1.0:
-        faces = [Face(tuple(v / scale for v in f.box), f.score) for f in faces]
+        faces = [Face(tuple(v / scale for v in f.box), f.score,
+                      None if f.landmarks is None else tuple((x / scale, y / scale) for x, y in f.landmarks))
+                 for f in faces]
     return sorted(faces, key=lambda f: (f.box[0], f.box[1]))
 
 

@@ -1,11 +1,13 @@
 """Write an eye-aligned copy of an ImageFolder tree (the alignment experiment of the README).
 
-Each image's face (MTCNN, facenet-pytorch; the face nearest the centre,
-weighted by size, when there are several) is rotated so that its eyes are
+Each image's face (``faces.MtcnnDetector`` with no score threshold; the face
+nearest the centre, weighted by size, when there are several) is rotated so that its eyes are
 level, scaled so that they are ``--eye-dist`` of the side apart, and placed
 with their midpoint at (0.5, ``--eye-y``) of a ``--size`` square; parts outside
 the photo are black. Images without a detected face are resized whole. The
-tree layout (class folders, any depth) is kept, so the copy trains as is:
+tree layout (class folders, any depth) is kept, so the copy trains as is
+(``x.jpg`` stays ``x.jpg``; other formats are written as JPEG named ``x.png.jpg``,
+so that ``x.png`` and ``x.jpg`` side by side stay two images):
 
     python scripts/align_tree.py gender-data runs/gender-aligned
     python gender_age_classifier.py --data-dir runs/gender-aligned --checkpoint-dir runs/al-s0
@@ -26,6 +28,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import datasets as ds  # noqa: E402
+import faces  # noqa: E402
 from checkpointing import atomic_write  # noqa: E402
 
 
@@ -41,12 +44,19 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def central_face(boxes: np.ndarray, w: int, h: int) -> int:
-    """Index of the box with the largest area, discounted by its distance from the image centre."""
+def central_face(boxes, w: int, h: int) -> int:
+    """Index of the box (x0, y0, x1, y1) with the largest area, discounted by its
+    distance from the centre of the w x h image."""
     def score(b):
         cx, cy = (b[0] + b[2]) / 2, (b[1] + b[3]) / 2
         return (b[2] - b[0]) * (b[3] - b[1]) / (1 + ((cx - w / 2) ** 2 + (cy - h / 2) ** 2) / (w * h / 16))
     return max(range(len(boxes)), key=lambda j: score(boxes[j]))
+
+
+def target_path(src: Path, dst: Path, f: Path) -> Path:
+    """Where the aligned copy of ``f`` goes: same place below ``dst``, a JPEG name."""
+    rel = Path(f).relative_to(src)
+    return dst / (rel if rel.suffix.lower() in (".jpg", ".jpeg") else rel.with_name(rel.name + ".jpg"))
 
 
 def align(img: Image.Image, left_eye, right_eye, size: int, eye_dist: float, eye_y: float) -> Image.Image:
@@ -63,9 +73,12 @@ def align(img: Image.Image, left_eye, right_eye, size: int, eye_dist: float, eye
 
 
 def main(args) -> int:
-    from facenet_pytorch import MTCNN
     torch.set_num_threads(args.threads)
-    mtcnn = MTCNN(keep_all=True, min_face_size=20)
+    try:
+        detector = faces.MtcnnDetector(min_score=0.0)
+    except faces.FaceError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     src, dst = Path(args.src), Path(args.dst)
     files = ds.list_images(src)
     if not files:
@@ -79,14 +92,14 @@ def main(args) -> int:
             print(f"warning: skipped {f}: {e}", file=sys.stderr)
             bad += 1
             continue
-        boxes, _, marks = mtcnn.detect(np.asarray(img), landmarks=True)
-        if boxes is None:
+        found = detector.detect(np.asarray(img))
+        if not found:
             missed += 1
             out = img.resize((args.size, args.size), Image.BILINEAR)
         else:
-            j = central_face(boxes, *img.size)
-            out = align(img, marks[j][0], marks[j][1], args.size, args.eye_dist, args.eye_y)
-        with atomic_write((dst / Path(f).relative_to(src)).with_suffix(".jpg")) as fh:
+            face = found[central_face([f.box for f in found], *img.size)]
+            out = align(img, face.landmarks[0], face.landmarks[1], args.size, args.eye_dist, args.eye_y)
+        with atomic_write(target_path(src, dst, f)) as fh:
             out.save(fh, format="JPEG", quality=95)
     print(f"aligned {len(files) - missed - bad} of {len(files)} images into {dst} "
           f"({missed} without a face, resized whole; {bad} unreadable, skipped)")

@@ -71,8 +71,16 @@ def test_cli_keeps_the_tree_and_resizes_faceless_images(tmp_path):
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert r.stderr.count("\n") == 1 and "broken.jpg" in r.stderr and "1 unreadable" in r.stdout
     assert not (dst / "train" / "male" / "broken.jpg").exists()
+    # x.png beside x.jpg: two outputs, neither overwrites the other
+    Image.fromarray(np.full((90, 120, 3), 10, np.uint8)).save(src / "train" / "female" / "a.jpg")
+    (src / "train" / "male" / "broken.jpg").unlink()
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "align_tree.py"), str(src), str(dst),
+                        "--size", "64", "--threads", "1"], capture_output=True, text=True)
+    assert r.returncode == 0 and "aligned 0 of 3 images" in r.stdout
+    dark, light = (np.asarray(Image.open(dst / "train" / "female" / n)).mean() for n in ("a.jpg", "a.png.jpg"))
+    assert dark < 30 < 170 < light
     for cls in ("female", "male"):
-        assert Image.open(dst / "train" / cls / "a.jpg").size == (64, 64)
+        assert Image.open(dst / "train" / cls / "a.png.jpg").size == (64, 64)
     r = subprocess.run([sys.executable, str(ROOT / "scripts" / "align_tree.py"), str(tmp_path / "none"),
                         str(dst)], capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.strip().startswith("error: no images")

@@ -80,6 +80,16 @@ def test_detector_finds_a_pasted_real_face(name, crops):
     # the training-like crop around the found face is (about) the crop that was pasted
     assert faces.iou(faces.crop_square(found[0].box, det.geometry), square) >= 0.6
     assert faces.iou(faces.face_in_crop(square, det.geometry), truth) >= 0.5
+    if name == "mtcnn":
+        # landmarks in photo pixels: the eyes inside the box's upper half, left eye left of the right
+        (lx, ly), (rx, ry) = found[0].landmarks[:2]
+        x0, y0, x1, y1 = found[0].box
+        assert x0 < lx < rx < x1 and y0 < ly < (y0 + y1) / 2 and y0 < ry < (y0 + y1) / 2
+        # and mapped back from a downscaled search like the box
+        small = faces.detect_faces(det, photo, max_side=480)[0]
+        assert np.allclose(small.landmarks[:2], found[0].landmarks[:2], atol=4)
+    else:
+        assert found[0].landmarks is None
 
 
 def test_geometry_round_trip():
