@@ -28,7 +28,9 @@ import torch.nn.functional as F
 
 import datasets as ds
 import gender_age_classifier as gac
-import predict
+import inference
+from predictor import OnnxPredictor, Predictor
+from runtime import bf16_is_fast, usable_cores
 from models import build_model
 
 
@@ -117,18 +119,18 @@ def predict_rate(data_dir: str, amp: bool) -> dict:
     with tempfile.TemporaryDirectory() as out:
         gac.main(gac.get_args_parser().parse_args(
             ["--data-dir", data_dir, "--checkpoint-dir", out, "--dry-run", "--no-progress", "--max-per-class", "8"]))
-        predictor = predict.Predictor(Path(out) / "model_best.tar", torch.device("cpu"), amp)
-    paths = predict.collect_inputs([str(Path(data_dir) / "train"), str(Path(data_dir) / "test")])
-    workers = min(8, ds.usable_cores())
+        predictor = Predictor(Path(out) / "model_best.tar", torch.device("cpu"), amp)
+    paths = inference.collect_inputs([str(Path(data_dir) / "train"), str(Path(data_dir) / "test")])
+    workers = min(8, usable_cores())
     t0 = time.perf_counter()
-    n = sum(1 for _, probs, _ in predict.predict_files(predictor, paths, 64, workers) if probs is not None)
+    n = sum(1 for _, probs, _ in inference.predict_files(predictor, paths, 64, workers) if probs is not None)
     seconds = time.perf_counter() - t0
     return {"images_per_s": n / seconds, "images": n}
 
 
 def options(args) -> dict:
     """Compute-only rate under each option, to decide what to adopt."""
-    cores = ds.usable_cores()
+    cores = usable_cores()
     r = {}
     for name, kw, threads in [("fp32, NCHW", dict(amp=False, channels_last=False), cores),
                               ("fp32, channels_last", dict(amp=False), cores),
@@ -144,14 +146,14 @@ def options(args) -> dict:
 def main(args) -> dict:
     if args.options:
         return options(args)
-    amp = gac.bf16_is_fast(torch.device("cpu")) if args.amp is None else args.amp
-    torch.set_num_threads(ds.usable_cores())
-    print(f"bench: {ds.usable_cores()} cores, torch {torch.__version__}, batch {args.batch_size}, "
+    amp = bf16_is_fast(torch.device("cpu")) if args.amp is None else args.amp
+    torch.set_num_threads(usable_cores())
+    print(f"bench: {usable_cores()} cores, torch {torch.__version__}, batch {args.batch_size}, "
           f"{'bf16 autocast' if amp else 'fp32'}, Levi-Hassner 227x227")
     r = {"compute_only": compute_only(args.batch_size, args.steps, amp)}
     print(f"1. compute only (synthetic tensors):     {r['compute_only']:7.1f} img/s", flush=True)
     r["ours"] = ours(args.data_dir, args.epochs, args.batch_size, amp)
-    torch.set_num_threads(ds.usable_cores())
+    torch.set_num_threads(usable_cores())
     print(f"2. ours, full epochs on {args.data_dir}:   {r['ours']['images_per_s']:7.1f} img/s "
           f"({r['ours']['epoch_seconds']:.1f} s/epoch; {args.epochs} epochs + decode + eval in "
           f"{r['ours']['wall_seconds']:.0f} s)", flush=True)

@@ -35,6 +35,8 @@ import torch
 import datasets as ds
 import faces
 import predict
+from predictor import OnnxPredictor, Predictor
+from images import list_images, load_rgb
 from checkpointing import atomic_torch_save, atomic_write_text
 from models import build_model, default_input_geometry
 
@@ -70,7 +72,7 @@ def pasted_photos(crops: list[str], seed: int = 0, size=(640, 480)):
     for i, path in enumerate(crops):
         side = rng.randint(90, 260)
         x, y = rng.randint(0, size[0] - side), rng.randint(0, size[1] - side)
-        photo, (square,) = faces.paste_crops(faces.background(size, seed * 1000 + i), [ds.load_rgb(path)],
+        photo, (square,) = faces.paste_crops(faces.background(size, seed * 1000 + i), [load_rgb(path)],
                                              [(x, y, side)])
         yield photo, square
 
@@ -99,7 +101,7 @@ def calibrate(files: list[str], name: str) -> faces.Geometry:
     det = faces.make_detector(name)
     rel = []
     for path in files:
-        img = ds.load_rgb(path)
+        img = load_rgb(path)
         found = faces.detect_faces(det, img)
         if found:
             b = max(found, key=lambda f: (f.box[2] - f.box[0]) * (f.box[3] - f.box[1])).box
@@ -124,8 +126,8 @@ def onnx_vs_torch(ckpt: Path, tmp: Path, n: int = 32, repeats: int = 3) -> dict:
     import export
     onnx_path = tmp / "model.onnx"
     export.export_onnx(ckpt, onnx_path)
-    pt = predict.Predictor(ckpt, torch.device("cpu"), amp=False)
-    ox = predict.OnnxPredictor(onnx_path)
+    pt = Predictor(ckpt, torch.device("cpu"), amp=False)
+    ox = OnnxPredictor(onnx_path)
     batch = torch.randint(0, 256, (n, 3, pt.preset.resize, pt.preset.resize), dtype=torch.uint8)
     out = {}
     for name, p in (("pytorch", pt), ("onnxruntime", ox)):
@@ -150,13 +152,13 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     data = Path(args.data)
     if args.calibrate:
-        files = [str(f) for f in ds.list_images(data / "train")] + [str(f) for f in ds.list_images("age-data/train")]
+        files = [str(f) for f in list_images(data / "train")] + [str(f) for f in list_images("age-data/train")]
         random.Random(0).shuffle(files)
         for name in faces.DETECTORS:
             print(f"{name}: {calibrate(files[:300], name)}", flush=True)
         return 0
 
-    crops = [str(f) for f in ds.list_images(data / "test")]
+    crops = [str(f) for f in list_images(data / "test")]
     random.Random(1).shuffle(crops)
     crops = crops[:args.n]
     r = {"threads": args.threads, "recall": {}}

@@ -1,190 +1,39 @@
-"""Data: finding, checking and decoding images, datasets, and the transforms.
+"""Data: datasets, transforms, and which samples a run trains and tests on.
 
-All preprocessing lives here, in one place, for training, evaluation and
-prediction alike:
-
-* ``load_rgb`` opens any image safely (EXIF orientation, RGBA/LA/P/16-bit/CMYK,
-  decompression bombs refused, truncated or fake files reported, never raised
-  mid-epoch).
-* ``decode_resized`` turns it into a uint8 (3, R, R) tensor: the shorter side
-  resized to R (256 for the Levi-Hassner network), then the central R x R
-  square. This is the only decode step; the result is cached in memory, so
-  every image is decoded once per run, not once per epoch.
-* ``Preset`` does the rest on tensors, batch-wise and on any device: random
-  crop + horizontal flip for training, centre crop for evaluation, then
-  normalisation. Resize(256) + CenterCrop(227) on a PIL image gives the same
-  pixels as ``decode_resized`` + ``Preset.eval_batch``.
+* ``Preset`` does all preprocessing after the one decode step
+  (``images.decode_resized``), on tensors, batch-wise and on any device:
+  random crop + horizontal flip for training, centre crop for evaluation,
+  then normalisation. Resize(256) + CenterCrop(227) on a PIL image gives the
+  same pixels as ``decode_resized`` + ``Preset.eval_batch``. Training,
+  evaluation and prediction all use it.
+* ``CachedImages`` decodes every image once into memory; ``StreamingImages``
+  decodes in workers every epoch when memory is short.
+* ``select_samples`` picks a run's train/validation/test samples from its
+  arguments (ImageFolder trees, UTKFace genders, exact-age sources);
+  ``iterate_batches`` and ``epoch_order`` batch and shard them.
 """
 from __future__ import annotations
 
 import csv
-import math
+import io
 import os
-import random
-import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Iterable, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageFile, ImageFilter, ImageOps
 from torch.utils.data import DataLoader, Dataset
 
-IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm")
-# Refuse anything larger than this many pixels before decoding it: a 100 kB
-# PNG can claim 50,000 x 50,000 pixels and would need 7.5 GB once decoded.
-MAX_IMAGE_PIXELS = 40_000_000
+from checkpointing import atomic_write_text
+from images import BadImageError, decode_resized
+from samples import (AgeSamples, DatasetError, SampleSet, ages_from_csv, ages_from_names, genders_from_utkface,
+                     scan_image_folder, stratified_split, to_ranks)
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-# PIL must not silently pad truncated JPEGs with grey; we want to know.
-ImageFile.LOAD_TRUNCATED_IMAGES = False
-Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
-
-
-class DatasetError(Exception):
-    """A structural problem with a dataset: the message says how to fix it."""
-
-
-class BadImageError(Exception):
-    """One image could not be used; the message says why."""
-
-
-# --------------------------------------------------------------------------
-# Finding and opening images
-# --------------------------------------------------------------------------
-
-def usable_cores() -> int:
-    """The CPUs this process may run on: its affinity (taskset, a container's
-    cpuset, a test worker pinned to one core), not the machine's total, which
-    would start more threads and decode workers than there are cores to run them."""
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return os.cpu_count() or 1
-
-
-def is_hidden(name: str) -> bool:
-    # .DS_Store, macOS '._x.jpg' resource forks, editor swap files, .git ...
-    return name.startswith(".")
-
-
-def is_image_file(path: str | os.PathLike) -> bool:
-    name = os.path.basename(path)
-    return not is_hidden(name) and name.lower().endswith(IMG_EXTENSIONS)
-
-
-def list_images(root: str | os.PathLike) -> list[Path]:
-    """Every image file under ``root`` at any depth, sorted, hidden ones skipped."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not is_hidden(d))
-        found.extend(Path(dirpath) / f for f in filenames if is_image_file(f))
-    return sorted(found)
-
-
-def load_rgb(path: str | os.PathLike, min_side: int | None = None) -> Image.Image:
-    """Open an image as 8-bit RGB, or raise BadImageError saying why.
-
-    min_side: when given, JPEGs are decoded at the smallest DCT scale whose
-    shorter side is still >= min_side (``Image.draft``): a 500 px face that
-    will be resized to 256 decodes about 4x faster at half scale.
-    """
-    path = Path(path)
-    try:
-        if path.stat().st_size == 0:
-            raise BadImageError("empty file (0 bytes)")
-        with warnings.catch_warnings():
-            # a DecompressionBombWarning (between 1x and 2x the limit) is an error here
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                w, h = img.size
-                if w * h > MAX_IMAGE_PIXELS:
-                    raise BadImageError(f"refused: {w}x{h} pixels is over the {MAX_IMAGE_PIXELS:,} pixel limit")
-                if min(w, h) < 1:
-                    raise BadImageError(f"degenerate size {w}x{h}")
-                if min_side and img.format == "JPEG":
-                    scale = min(w, h) / min_side
-                    if scale >= 2:
-                        img.draft("RGB", (math.ceil(w / scale), math.ceil(h / scale)))
-                img.load()
-                img = ImageOps.exif_transpose(img)
-                return to_rgb(img)
-    except BadImageError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise BadImageError(f"refused as a decompression bomb ({e})") from None
-    except PermissionError:
-        raise BadImageError("permission denied") from None
-    except Image.UnidentifiedImageError:
-        raise BadImageError("not an image (unrecognised format)") from None
-    except (OSError, SyntaxError, ValueError) as e:  # truncated data, broken headers
-        raise BadImageError(f"cannot decode: {e}") from None
-
-
-def to_rgb(img: Image.Image) -> Image.Image:
-    """Any PIL mode -> 8-bit RGB. Transparent pixels become white."""
-    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        # 16-bit or float greyscale: scale the real range to 0..255 rather than
-        # clipping (PIL's convert('L') would clip 16-bit data to white).
-        arr = np.asarray(img, dtype=np.float64)
-        lo, hi = float(arr.min()), float(arr.max())
-        arr = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
-        img = Image.fromarray(arr.round().astype(np.uint8))  # 2-D uint8 -> mode L
-    if img.mode == "P":
-        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
-    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(background, rgba)
-    if img.mode != "RGB":
-        img = img.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV
-    return img
-
-
-def pil_to_uint8_tensor(img: Image.Image) -> torch.Tensor:
-    """RGB PIL image -> uint8 tensor (3, H, W)."""
-    return torch.from_numpy(np.array(img, dtype=np.uint8, copy=True)).permute(2, 0, 1).contiguous()
-
-
-def resize_square(img: Image.Image, size: int) -> Image.Image:
-    """Shorter side to ``size`` (antialiased bilinear), then the central square."""
-    w, h = img.size
-    scale = size / min(w, h)
-    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-    if (nw, nh) != (w, h):
-        img = img.resize((nw, nh), Image.BILINEAR, reducing_gap=None)
-    left, top = (nw - size) // 2, (nh - size) // 2
-    return img.crop((left, top, left + size, top + size))
-
-
-def reframe(img: Image.Image, size: int, scale: float) -> Image.Image:
-    """A tight face chip shown as a wide-margin face crop, (size, size).
-
-    The chip's central square, shrunk to ``scale`` of the side, sits in the
-    centre; its edge pixels, smeared outwards and blurred, fill the margin (no
-    hard border and no copy of the face). Measured with MTCNN: the face box is
-    0.84 of a UTKFace chip's width, 0.44 of an IMDB-WIKI crop's (faces.GEOMETRY),
-    so scale 0.53 gives UTKFace faces the IMDB-WIKI scale, and their centres then
-    land within 0.01 of the side of the IMDB-WIKI ones.
-    """
-    inner = max(1, round(size * scale))
-    chip = np.asarray(resize_square(img, inner))
-    lo = (size - inner) // 2
-    hi = size - inner - lo
-    padded = np.pad(chip, ((lo, hi), (lo, hi), (0, 0)), mode="edge")
-    out = Image.fromarray(padded).filter(ImageFilter.GaussianBlur(radius=max(1.0, size / 32)))
-    out.paste(Image.fromarray(chip), (lo, lo))
-    return out
-
-
-def decode_resized(path: str | os.PathLike, size: int, reframe_scale: float = 1.0) -> torch.Tensor:
-    """File -> uint8 (3, size, size): the one decode step of every pipeline
-    (``reframe_scale`` < 1: a tight chip re-framed with a margin, see ``reframe``)."""
-    if reframe_scale < 1.0:
-        return pil_to_uint8_tensor(reframe(load_rgb(path), size, reframe_scale))
-    return pil_to_uint8_tensor(resize_square(load_rgb(path, min_side=size), size))
+TASK_DATA = {"gender": "gender-data", "age": "age-data"}  # default --data-dir per task
 
 
 # --------------------------------------------------------------------------
@@ -235,7 +84,7 @@ class Preset:
 
         Geometry, per sample: a square of side 0.75-1.0 of the decoded square (the
         original's 227/256 = 0.89 lies inside) at a random place, resized to the
-        crop (antialiased bilinear on uint8), mirrored half the time.
+        crop (antialiased bilinear), mirrored half the time.
         Colour, per sample: brightness, contrast and saturation each scaled by
         0.7-1.3. The three are linear in RGB, so together with the normalisation
         they fold into one 3x3 channel map plus offset, applied in one pass
@@ -247,13 +96,14 @@ class Preset:
         side = (min(h, w) * (0.75 + 0.25 * r[:, 0])).long().clamp(min=c // 2)
         tops = (r[:, 1] * (h - side + 1).float()).long().tolist()
         lefts = (r[:, 2] * (w - side + 1).float()).long().tolist()
-        out = torch.empty((n, 3, c, c), dtype=torch.uint8, device=dev)
+        # float: antialiased bilinear has no uint8 kernel on CUDA
+        out = torch.empty((n, 3, c, c), dtype=torch.float32, device=dev)
         for i, (t, l, s, f) in enumerate(zip(tops, lefts, side.tolist(), (r[:, 3] < 0.5).tolist())):
-            patch = batch[i:i + 1, :, t:t + s, l:l + s]
+            patch = batch[i:i + 1, :, t:t + s, l:l + s].float()
             if s != c:
                 patch = F.interpolate(patch, size=(c, c), mode="bilinear", antialias=True, align_corners=False)
             out[i] = patch[0].flip(-1) if f else patch[0]
-        x = out.float().view(n, 3, c * c)                                        # (N, 3, HW), 0..255
+        x = out.view(n, 3, c * c)                                                # (N, 3, HW), 0..255
         b, k, sat = ((0.7 + 0.6 * r[:, j]).to(dev) for j in (4, 5, 6))
         gray_w = torch.tensor([0.299, 0.587, 0.114], device=dev)
         m0 = x.mean(2) @ gray_w                                                  # (N,) mean grey level
@@ -287,89 +137,6 @@ class Preset:
                  batch[:, :, h - c:, w - c:], self.center(batch)]
         crops += [x.flip(-1) for x in crops]
         return torch.stack([self.normalize(x) for x in crops])
-
-
-# --------------------------------------------------------------------------
-# Samples: ImageFolder trees
-# --------------------------------------------------------------------------
-
-@dataclass
-class SampleSet:
-    """A list of (path, target) with the class names the targets index."""
-    paths: list
-    targets: list
-    classes: list
-    root: str = ""
-    skipped: list = field(default_factory=list)  # (path, reason) found while scanning
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def subset(self, indices: Sequence[int]) -> "SampleSet":
-        return SampleSet([self.paths[i] for i in indices], [self.targets[i] for i in indices],
-                         self.classes, self.root)
-
-
-def scan_image_folder(root: str | os.PathLike, classes: Sequence[str] | None = None,
-                      split_name: str = "train") -> SampleSet:
-    """An ImageFolder tree (root/<class>/**/image) -> SampleSet.
-
-    classes: the class names to expect (a test split must use the training
-    classes); by default the sorted non-hidden sub-folders. Raises
-    DatasetError, with the fix, for a missing folder, fewer than 2 classes or
-    an empty class folder.
-    """
-    root = Path(root)
-    if not root.is_dir():
-        raise DatasetError(f"{split_name} folder {root} not found: create it with one sub-folder per class "
-                           f"(for example {root}/female/*.jpg and {root}/male/*.jpg)")
-    found = sorted(d.name for d in root.iterdir() if d.is_dir() and not is_hidden(d.name))
-    if classes is None:
-        classes = found
-        if len(classes) < 2:
-            raise DatasetError(f"{split_name} folder {root} has {len(classes)} class folder(s) "
-                               f"({', '.join(classes) or 'none'}); a classifier needs at least 2: "
-                               f"add one sub-folder of images per class")
-    else:
-        extra = sorted(set(found) - set(classes))
-        if extra:
-            raise DatasetError(f"{split_name} folder {root} has class folder(s) {', '.join(extra)} that the "
-                               f"training classes ({', '.join(classes)}) lack: rename or remove them")
-    paths, targets = [], []
-    for idx, name in enumerate(classes):
-        files = list_images(root / name) if (root / name).is_dir() else []
-        if not files:
-            raise DatasetError(f"class folder {root / name} has no images: add images "
-                               f"({', '.join(IMG_EXTENSIONS[:4])}, ...) or remove the folder")
-        paths += [str(p) for p in files]
-        targets += [idx] * len(files)
-    return SampleSet(paths, targets, list(classes), str(root))
-
-
-def stratified_split(targets: Sequence[int], fraction: float, seed: int) -> tuple[list, list]:
-    """Seeded stratified split -> (keep, held_out) index lists, both sorted.
-
-    Each target value gives round(fraction * n) of its n samples (at least one
-    when fraction > 0 and n >= 2) to the held-out part.
-    """
-    if not 0 <= fraction < 1:
-        raise DatasetError(f"--val-split must be in [0, 1), got {fraction}")
-    rng = random.Random(seed)
-    by_target: dict[int, list[int]] = {}
-    for i, t in enumerate(targets):
-        by_target.setdefault(t, []).append(i)
-    keep, held = [], []
-    for t in sorted(by_target):
-        idx = by_target[t]
-        rng.shuffle(idx)
-        k = round(fraction * len(idx))
-        if fraction > 0 and len(idx) >= 2:
-            k = min(max(k, 1), len(idx) - 1)
-        else:
-            k = 0
-        held += idx[:k]
-        keep += idx[k:]
-    return sorted(keep), sorted(held)
 
 
 # --------------------------------------------------------------------------
@@ -408,10 +175,9 @@ def load_all(paths: Sequence[str], load, workers: int, progress: bool = False):
         yield from batch
 
 
-def decode_all(paths: Sequence[str], size: int, workers: int, progress: bool = False, reframe_scale: float = 1.0):
+def decode_all(paths: Sequence[str], size: int, workers: int, progress: bool = False):
     """Decode every path once to uint8 (3, size, size), in parallel."""
-    from functools import partial
-    yield from load_all(paths, partial(decode_resized, size=size, reframe_scale=reframe_scale), workers, progress)
+    yield from load_all(paths, partial(decode_resized, size=size), workers, progress)
 
 
 def cache_bytes(n: int, size: int) -> int:
@@ -453,11 +219,10 @@ class CachedImages(Dataset):
     Indexing returns (uint8 (3,R,R), target).
     """
 
-    def __init__(self, samples: SampleSet, size: int, workers: int = 0, progress: bool = False,
-                 reframe_scale: float = 1.0):
+    def __init__(self, samples: SampleSet, size: int, workers: int = 0, progress: bool = False):
         self.classes = samples.classes
         kept_paths, kept_targets, tensors, self.bad = [], [], [], []
-        for i, img, err in decode_all(samples.paths, size, workers, progress, reframe_scale):
+        for i, img, err in decode_all(samples.paths, size, workers, progress):
             if img is None:
                 self.bad.append((samples.paths[i], err))
                 continue
@@ -483,12 +248,11 @@ class StreamingImages(Dataset):
     crashes on one bad file.
     """
 
-    def __init__(self, samples: SampleSet, size: int, reframe_scale: float = 1.0):
+    def __init__(self, samples: SampleSet, size: int):
         self.classes = samples.classes
         self.paths = list(samples.paths)
         self.targets = torch.tensor(samples.targets, dtype=torch.long)
         self.size = size
-        self.reframe_scale = reframe_scale
         self.bad: list = []
 
     def __len__(self) -> int:
@@ -496,7 +260,7 @@ class StreamingImages(Dataset):
 
     def __getitem__(self, i: int):
         try:
-            return decode_resized(self.paths[i], self.size, self.reframe_scale), self.targets[i]
+            return decode_resized(self.paths[i], self.size), self.targets[i]
         except BadImageError:
             return None
 
@@ -528,8 +292,6 @@ def drop_bad(samples: SampleSet, bad: Iterable) -> SampleSet:
 
 def write_bad_list(bad: Sequence, path: str | os.PathLike) -> None:
     """The list of skipped images, as CSV (path, reason)."""
-    import io
-    from checkpointing import atomic_write_text
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(["path", "reason"])
@@ -538,162 +300,176 @@ def write_bad_list(bad: Sequence, path: str | os.PathLike) -> None:
 
 
 # --------------------------------------------------------------------------
-# Exact age: labels from file names (UTKFace, IMDB-WIKI) or from CSV files
+# Which samples a run uses
 # --------------------------------------------------------------------------
 
+def limit_per_class(samples: SampleSet, n: int | None) -> SampleSet:
+    if not n:
+        return samples
+    seen: dict[int, int] = {}
+    keep = []
+    for i, t in enumerate(samples.targets):
+        if seen.get(t, 0) < n:
+            seen[t] = seen.get(t, 0) + 1
+            keep.append(i)
+    return samples.subset(keep)
+
+
+def report_bad(bad: list, out_dir: Path, strict: bool, log) -> None:
+    """One warning that counts and lists the skipped images (to a file when many)."""
+    if not bad:
+        return
+    if strict:
+        p, why = bad[0]
+        raise DatasetError(f"{len(bad)} unreadable image(s), first {p}: {why} "
+                              f"(fix or remove them, or drop --strict to skip them)")
+    if len(bad) <= 5:
+        listing = "; ".join(f"{p} ({why})" for p, why in bad)
+    else:
+        listing_file = out_dir / "skipped_images.csv"
+        write_bad_list(bad, listing_file)
+        listing = f"listed in {listing_file}"
+    log(f"warning: skipped {len(bad)} unreadable image(s): {listing}")
+
+
+def exact_age_samples(args) -> tuple[SampleSet, SampleSet, list]:
+    """(train, test, problems) for --task exact-age: ranks = age - min_age."""
+    if args.dataset == "imagefolder":
+        raise DatasetError("exact age needs ages: --dataset utkface, csv or imdb-wiki "
+                              "(class folders are for --task gender or age)")
+    if args.dataset == "utkface":
+        base = Path(args.data_dir or "utkface")
+        image_dir = Path(args.image_dir or base / "UTKFace")
+        train_csv = Path(args.train_csv or base / "utk_train.csv")
+        test_csv = Path(args.test_csv or base / "utk_test.csv")
+        offset = 21 if args.csv_age_offset is None else args.csv_age_offset
+        if args.random_split is not None:
+            parts = split_ages(ages_from_names(image_dir, "utkface"), args.random_split, args.seed)
+        else:
+            parts = (ages_from_csv(train_csv, image_dir, args.path_column, args.age_column, offset),
+                     ages_from_csv(test_csv, image_dir, args.path_column, args.age_column, offset))
+    elif args.dataset == "csv":
+        if not (args.train_csv and args.test_csv):
+            raise DatasetError("--dataset csv needs --train-csv and --test-csv (and --image-dir)")
+        image_dir = Path(args.image_dir or Path(args.train_csv).parent)
+        offset = args.csv_age_offset or 0
+        parts = tuple(ages_from_csv(c, image_dir, args.path_column, args.age_column, offset)
+                      for c in (args.train_csv, args.test_csv))
+        if args.random_split is not None:
+            merged = AgeSamples(parts[0].paths + parts[1].paths, parts[0].ages + parts[1].ages,
+                                   parts[0].problems + parts[1].problems)
+            parts = split_ages(merged, args.random_split, args.seed)
+    else:
+        base = Path(args.data_dir or "age-data")
+        if args.random_split is not None:
+            parts = split_ages(ages_from_names(base, "imdb-wiki"), args.random_split, args.seed)
+        else:
+            parts = (ages_from_names(base / "train", "imdb-wiki"), ages_from_names(base / "test", "imdb-wiki"))
+    train, test = parts
+    ages = train.ages + test.ages
+    lo = args.min_age if args.min_age is not None else min(ages)
+    hi = args.max_age if args.max_age is not None else max(ages)
+    if hi <= lo:
+        raise DatasetError(f"age range {lo}-{hi} is empty: check --min-age/--max-age")
+    tr, te = to_ranks(train, lo, hi, "train"), to_ranks(test, lo, hi, "test")
+    if len(tr) < 2 or len(te) < 1:
+        raise DatasetError(f"too few images in the age range {lo}-{hi} (train {len(tr)}, test {len(te)})")
+    return tr, te, tr.skipped + te.skipped
+
+
+def utkface_gender_samples(image_dir: Path, args) -> tuple[SampleSet, SampleSet, list]:
+    """(train, test, problems) for --task gender --dataset utkface: genders from
+    the file names (ages --min-age to --max-age), a seeded stratified test share."""
+    everything = genders_from_utkface(image_dir, args.min_age, args.max_age)
+    share = 0.1 if args.random_split is None else args.random_split
+    if not 0 < share < 1:
+        raise DatasetError(f"--random-split must be between 0 and 1 for a test share, got {share}")
+    keep, test = stratified_split(everything.targets, share, args.seed)
+    return everything.subset(keep), everything.subset(test), everything.skipped
+
+
+def split_ages(samples: AgeSamples, fraction: float, seed: int) -> tuple[AgeSamples, AgeSamples]:
+    """A seeded random split of one labelled set, stratified by age."""
+    keep, held = stratified_split(samples.ages, fraction, seed)
+    pick = lambda idx: AgeSamples([samples.paths[i] for i in idx], [samples.ages[i] for i in idx])
+    train, test = pick(keep), pick(held)
+    train.problems = samples.problems
+    return train, test
+
+
 @dataclass
-class AgeSamples:
-    """Image paths with their exact ages, and the rows that could not be used."""
-    paths: list
-    ages: list
-    problems: list = field(default_factory=list)  # (where, reason)
+class Selection:
+    """A run's samples: train, validation (None: validate on test) and test."""
+    classes: list
+    train: SampleSet
+    val: SampleSet | None
+    test: SampleSet
+    problems: list  # (where, reason) of files or rows without a usable label
 
 
-def parse_utkface_name(name: str) -> int:
-    """'29_1_3_20170104235317706.jpg.chip.jpg' -> 29.
-
-    Copes with the set's quirks: three names lack the gender or race field
-    ('39_1_20170116174525125.jpg.chip.jpg'), one has a space before the
-    extension. Only the leading age field is needed. Raises ValueError.
-    """
-    head = name.strip().split("_", 1)[0]
-    if not head.isdigit():
-        raise ValueError(f"no leading age in {name!r}")
-    age = int(head)
-    if not 0 <= age <= 130:
-        raise ValueError(f"age {age} out of range in {name!r}")
-    return age
-
-
-def parse_imdb_wiki_name(name: str) -> int:
-    """'113158_1957-10-25_2007.jpg' -> 49: photo year - birth year, minus one
-    when the birthday falls in the second half of the year (IMDB-WIKI takes
-    the photo as taken mid-year). Raises ValueError."""
-    stem = name.rsplit(".", 1)[0]
-    parts = stem.split("_")
-    if len(parts) < 3:
-        raise ValueError(f"not an IMDB-WIKI name <id>_<YYYY-MM-DD>_<year>: {name!r}")
-    birth, year = parts[-2], parts[-1]
-    try:
-        fields = birth.split("-")  # IMDB writes 1955-1-12 as often as 1955-01-12
-        by, bm = int(fields[0]), int(fields[1])
-        age = int(year) - by - (1 if bm >= 7 else 0)
-    except ValueError:
-        raise ValueError(f"bad birth date or year in {name!r}") from None
-    if not 0 <= age <= 130:
-        raise ValueError(f"age {age} out of range in {name!r}")
-    return age
+def select_samples(args, task: str) -> Selection:
+    """The samples of a run, from its arguments: structure only (one-line
+    DatasetErrors), nothing decoded. The validation split is a seeded,
+    stratified --val-split share of the training samples."""
+    if task == "exact-age":
+        train_all, test, problems = exact_age_samples(args)
+    elif args.dataset == "utkface" and task == "gender":
+        image_dir = Path(args.image_dir or Path(args.data_dir or "utkface") / "UTKFace")
+        train_all, test, problems = utkface_gender_samples(image_dir, args)
+    elif args.dataset != "imagefolder":
+        raise DatasetError(f"--dataset {args.dataset} labels exact ages: use it with --task exact-age "
+                           f"(the gender task also takes --dataset utkface)")
+    else:
+        data_dir = Path(args.data_dir or TASK_DATA[task])
+        train_all = scan_image_folder(data_dir / "train", split_name="train")
+        test = scan_image_folder(data_dir / "test", classes=train_all.classes, split_name="test")
+        problems = []
+    train_all = limit_per_class(train_all, args.max_per_class)
+    test = limit_per_class(test, args.max_per_class)
+    keep, held = stratified_split(train_all.targets, args.val_split, args.seed)
+    return Selection(train_all.classes, train_all.subset(keep), train_all.subset(held) if held else None,
+                     test, problems)
 
 
-NAME_PARSERS = {"utkface": parse_utkface_name, "imdb-wiki": parse_imdb_wiki_name}
+# --------------------------------------------------------------------------
+# Batches
+# --------------------------------------------------------------------------
 
-UTKFACE_GENDERS = ("male", "female")  # the second name field: 0 male, 1 female
-
-
-def parse_utkface_gender(name: str) -> str:
-    """'29_1_3_20170104235317706.jpg.chip.jpg' -> 'female'.
-
-    The three UTKFace names with only three fields ('39_1_20170116174525125...')
-    lack the gender or the race field, and which one is unknown: ValueError.
-    """
-    fields = name.strip().split("_")
-    if len(fields) < 4 or fields[1] not in ("0", "1"):
-        raise ValueError(f"no gender field in {name!r}")
-    return UTKFACE_GENDERS[int(fields[1])]
+def build_split(samples: SampleSet, preset: Preset, mode: str, workers: int, progress: bool):
+    """SampleSet -> (dataset, bad list): decoded into memory, or streaming."""
+    if mode == "memory":
+        data = CachedImages(samples, preset.resize, workers, progress)
+        return data, data.bad
+    bad = check_files(samples.paths, workers)
+    data = StreamingImages(drop_bad(samples, bad), preset.resize)
+    return data, bad
 
 
-def genders_from_utkface(root: str | os.PathLike, min_age: int | None = None,
-                         max_age: int | None = None) -> SampleSet:
-    """Every UTKFace image under ``root`` with its gender (classes female, male,
-    sorted as ImageFolder sorts folders), optionally only ages min_age-max_age.
-    Names without a gender or an age are kept in ``skipped``."""
-    ages = ages_from_names(root, "utkface")
-    classes = sorted(UTKFACE_GENDERS)
-    out = SampleSet([], [], classes, str(root), list(ages.problems))
-    for path, age in zip(ages.paths, ages.ages):
-        if (min_age is not None and age < min_age) or (max_age is not None and age > max_age):
-            continue
-        try:
-            gender = parse_utkface_gender(Path(path).name)
-        except ValueError as e:
-            out.skipped.append((path, str(e)))
-            continue
-        out.paths.append(path)
-        out.targets.append(classes.index(gender))
-    if len(set(out.targets)) < 2:
-        raise DatasetError(f"fewer than two genders among the UTKFace images under {root}"
-                           + (f" aged {min_age}-{max_age}" if min_age is not None or max_age is not None else ""))
-    return out
+def iterate_batches(data, indices: list[int], batch_size: int, workers: int, pin: bool):
+    """Yield (uint8 (B,3,R,R), targets (B,)) over ``indices`` in order."""
+    if isinstance(data, CachedImages):
+        # already decoded: slicing the big uint8 tensor is all the loading there is
+        for s in range(0, len(indices), batch_size):
+            idx = torch.tensor(indices[s:s + batch_size])
+            x, y = data.images[idx], data.targets[idx]
+            yield (x.pin_memory(), y) if pin else (x, y)
+        return
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.Subset(data, indices), batch_size=batch_size, shuffle=False,
+        num_workers=workers, collate_fn=collate_skip_bad, pin_memory=pin,
+        persistent_workers=False, prefetch_factor=4 if workers else None)
+    yield from loader
 
 
-def ages_from_names(root: str | os.PathLike, parser: str) -> AgeSamples:
-    """Every image under ``root`` (any depth) labelled by its file name."""
-    root = Path(root)
-    if not root.is_dir():
-        raise DatasetError(f"image folder {root} not found: pass --data-dir")
-    out = AgeSamples([], [])
-    for p in list_images(root):
-        try:
-            out.ages.append(NAME_PARSERS[parser](p.name))
-            out.paths.append(str(p))
-        except ValueError as e:
-            out.problems.append((str(p), str(e)))
-    if not out.paths:
-        raise DatasetError(f"no image under {root} has a {parser} age in its name")
-    return out
+def shard(indices: list[int], rank: int, world: int) -> list[int]:
+    return indices[rank::world]
 
 
-def ages_from_csv(csv_path: str | os.PathLike, image_dir: str | os.PathLike, path_column: str = "file",
-                  age_column: str = "age", age_offset: int = 0) -> AgeSamples:
-    """A CSV with one column of image paths (relative to image_dir) and one of ages.
-
-    age_offset is added to the age column: the CORAL paper's CSVs store the rank
-    (age minus the data set's youngest age: UTKFace 21, CACD 14, AFAD 15,
-    MORPH-2 16). Missing files and bad rows are reported, not fatal.
-    """
-    csv_path, image_dir = Path(csv_path), Path(image_dir)
-    if not csv_path.is_file():
-        raise DatasetError(f"CSV file {csv_path} not found")
-    out = AgeSamples([], [])
-    with open(csv_path, newline="", encoding="utf-8", errors="replace") as f:
-        reader = csv.DictReader(f)
-        cols = reader.fieldnames or []
-        if path_column not in cols or age_column not in cols:
-            raise DatasetError(f"{csv_path} needs columns '{path_column}' and '{age_column}' (has {cols}): "
-                               f"set --path-column / --age-column")
-        for line, row in enumerate(reader, start=2):
-            where = f"{csv_path.name}:{line}"
-            name, age = (row.get(path_column) or "").strip(), (row.get(age_column) or "").strip()
-            try:
-                value = float(age)
-                if not value.is_integer():
-                    raise ValueError
-                value = int(value) + age_offset
-            except ValueError:
-                out.problems.append((where, f"bad age {age!r}"))
-                continue
-            if not name:
-                out.problems.append((where, "no image path"))
-                continue
-            path = image_dir / name
-            if not path.is_file():
-                out.problems.append((where, f"missing image {path}"))
-                continue
-            out.paths.append(str(path))
-            out.ages.append(value)
-    if not out.paths:
-        raise DatasetError(f"{csv_path} has no usable rows (first problem: "
-                           f"{out.problems[0][1] if out.problems else 'empty file'})")
-    return out
-
-
-def to_ranks(samples: AgeSamples, min_age: int, max_age: int, name: str) -> SampleSet:
-    """Exact ages -> ranks (age - min_age) in a SampleSet; ages outside
-    [min_age, max_age] are dropped and reported."""
-    keep = [i for i, a in enumerate(samples.ages) if min_age <= a <= max_age]
-    dropped = [(samples.paths[i], f"age {samples.ages[i]} outside {min_age}-{max_age}")
-               for i in range(len(samples.paths)) if not min_age <= samples.ages[i] <= max_age]
-    out = SampleSet([samples.paths[i] for i in keep], [samples.ages[i] - min_age for i in keep],
-                    [str(a) for a in range(min_age, max_age + 1)], name)
-    out.skipped = list(samples.problems) + dropped
-    return out
+def epoch_order(n: int, seed: int, epoch: int, rank: int, world: int) -> list[int]:
+    """This process's shuffled indices for an epoch: a seeded permutation, padded
+    to a multiple of the world size (as DistributedSampler does), then sharded."""
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    order = torch.randperm(n, generator=g).tolist()
+    pad = (-n) % world
+    order += order[:pad]
+    return shard(order, rank, world)

@@ -9,7 +9,7 @@ The ONNX graph maps a normalised float32 batch (N, 3, C, C) to the logits
 stored as ``metadata_props`` (JSON strings): task, classes, preprocess
 (resize, crop, mean, std), model_args, ordinal (exact-age models: loss,
 min_age, num_ranks), plus a plain-words description of the input and output.
-``predict.OnnxPredictor`` reads them, so predict.py does the same decoding and
+``OnnxPredictor`` reads them, so predict.py does the same decoding and
 post-processing for both runtimes. After writing, the file is run on
 onnxruntime against PyTorch (fp32) and refused when a logit differs by more
 than 1e-4. TorchScript files carry the same metadata as the extra file
@@ -27,9 +27,9 @@ from pathlib import Path
 
 import torch
 
-import datasets as ds
-import predict
+from predictor import OnnxPredictor, Predictor
 from checkpointing import CheckpointError, atomic_write
+from samples import DatasetError
 
 TOLERANCE = 1e-4
 
@@ -42,7 +42,7 @@ def _quiet():
         yield
 
 
-def _fp32_model(predictor: predict.Predictor) -> torch.nn.Module:
+def _fp32_model(predictor: Predictor) -> torch.nn.Module:
     return predictor.model.to(memory_format=torch.contiguous_format).float().eval()
 
 
@@ -53,7 +53,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path, opset: int = 17, check:
         import onnx
     except ImportError:
         raise CheckpointError("ONNX export needs the onnx package: pip install onnx") from None
-    predictor = predict.Predictor(checkpoint, torch.device("cpu"), amp=False)
+    predictor = Predictor(checkpoint, torch.device("cpu"), amp=False)
     c = predictor.preset.crop
     model = _fp32_model(predictor)
     buf = io.BytesIO()
@@ -72,7 +72,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path, opset: int = 17, check:
         return 0.0
     batch = torch.randint(0, 256, (4, 3, predictor.preset.resize, predictor.preset.resize), dtype=torch.uint8,
                           generator=torch.Generator().manual_seed(0))
-    diff = float((predict.OnnxPredictor(out).logits(batch) - predictor.logits(batch)).abs().max())
+    diff = float((OnnxPredictor(out).logits(batch) - predictor.logits(batch)).abs().max())
     if diff > TOLERANCE:
         Path(out).unlink()
         raise CheckpointError(f"the ONNX model differs from PyTorch by {diff:.2e} (> {TOLERANCE}): not written")
@@ -81,7 +81,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path, opset: int = 17, check:
 
 def export_torchscript(checkpoint: str | Path, out: str | Path) -> None:
     """Checkpoint -> traced TorchScript file, metadata in the extra file gac_metadata.json."""
-    predictor = predict.Predictor(checkpoint, torch.device("cpu"), amp=False)
+    predictor = Predictor(checkpoint, torch.device("cpu"), amp=False)
     c = predictor.preset.crop
     buf = io.BytesIO()
     with _quiet():
@@ -103,7 +103,7 @@ def cli(argv=None) -> int:
     out = Path(args.output or Path(args.checkpoint).with_suffix(".onnx"))
     try:
         if out.suffix.lower() != ".onnx":
-            raise ds.DatasetError(f"output {out} must end in .onnx")
+            raise DatasetError(f"output {out} must end in .onnx")
         diff = export_onnx(args.checkpoint, out, args.opset, check=not args.no_check)
         print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB)"
               + ("" if args.no_check else f"; onnxruntime matches PyTorch within {diff:.1e}"))
@@ -111,7 +111,7 @@ def cli(argv=None) -> int:
             ts = out.with_suffix(".pt")
             export_torchscript(args.checkpoint, ts)
             print(f"wrote {ts}")
-    except (ds.DatasetError, CheckpointError) as e:
+    except (DatasetError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except OSError as e:

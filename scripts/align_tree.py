@@ -27,7 +27,8 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import datasets as ds  # noqa: E402
+from images import BadImageError, list_images, load_rgb  # noqa: E402
+from runtime import usable_cores  # noqa: E402
 import faces  # noqa: E402
 from checkpointing import atomic_write  # noqa: E402
 
@@ -40,7 +41,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=256, help="side of the written squares")
     p.add_argument("--eye-dist", type=float, default=0.18, help="distance between the eyes, fraction of the side")
     p.add_argument("--eye-y", type=float, default=0.40, help="height of the eyes, fraction of the side")
-    p.add_argument("--threads", type=int, default=ds.usable_cores(), help="torch threads for MTCNN")
+    p.add_argument("--threads", type=int, default=usable_cores(), help="torch threads for MTCNN")
     return p
 
 
@@ -80,15 +81,15 @@ def main(args) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     src, dst = Path(args.src), Path(args.dst)
-    files = ds.list_images(src)
+    files = list_images(src)
     if not files:
         print(f"error: no images under {src}", file=sys.stderr)
         return 2
     missed, bad = 0, 0
     for f in files:
         try:
-            img = ds.load_rgb(f)
-        except ds.BadImageError as e:
+            img = load_rgb(f)
+        except BadImageError as e:
             print(f"warning: skipped {f}: {e}", file=sys.stderr)
             bad += 1
             continue

@@ -57,16 +57,6 @@ def make_folder_dataset(root: Path, classes=("female", "male"), n_train=6, n_tes
     return root
 
 
-@pytest.fixture(autouse=True)
-def no_real_pretraining(tmp_path, monkeypatch):
-    """--init-from auto must never find (or start training) the real UTKFace
-    pretraining from a test: point it at an empty folder of this test's own.
-    Tests of the auto start set these two themselves."""
-    import gender_age_classifier as gac
-    monkeypatch.setattr(gac, "PRETRAINED_DIR", tmp_path / "no-pretrained")
-    monkeypatch.setattr(gac, "PRETRAIN_DATA", tmp_path / "no-utkface")
-
-
 @pytest.fixture
 def tiny_data(tmp_path) -> Path:
     return make_folder_dataset(tmp_path / "data")

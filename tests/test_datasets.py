@@ -13,6 +13,9 @@ from PIL import Image
 
 import datasets as ds
 from conftest import ROOT, make_folder_dataset, make_image
+import images
+import samples
+import runtime
 
 
 # ---- one image at a time -------------------------------------------------
@@ -31,8 +34,8 @@ def _jpeg_bytes(size=(64, 64), mode="RGB") -> bytes:
 def test_broken_files_raise_bad_image(tmp_path, name, content, reason):
     path = tmp_path / name
     path.write_bytes(_jpeg_bytes((300, 300))[:700] if content is None else content)
-    with pytest.raises(ds.BadImageError, match=reason):
-        ds.load_rgb(path)
+    with pytest.raises(images.BadImageError, match=reason):
+        images.load_rgb(path)
 
 
 def test_decompression_bomb_is_refused_before_decoding(tmp_path):
@@ -40,8 +43,8 @@ def test_decompression_bomb_is_refused_before_decoding(tmp_path):
     # 10000 x 10000 = 1e8 pixels, a few hundred kB on disk
     Image.new("1", (10_000, 10_000)).save(path)
     assert path.stat().st_size < 2_000_000
-    with pytest.raises(ds.BadImageError, match="refused"):
-        ds.load_rgb(path)
+    with pytest.raises(images.BadImageError, match="refused"):
+        images.load_rgb(path)
 
 
 def test_unreadable_file(tmp_path, monkeypatch):
@@ -50,10 +53,10 @@ def test_unreadable_file(tmp_path, monkeypatch):
         path.chmod(0)
     else:  # root reads anything: make the open itself fail as it would for a user
         real_open = Image.open
-        monkeypatch.setattr(ds.Image, "open", lambda p, *a, **k: (_ for _ in ()).throw(PermissionError(13, "denied"))
+        monkeypatch.setattr(images.Image, "open", lambda p, *a, **k: (_ for _ in ()).throw(PermissionError(13, "denied"))
                             if str(p) == str(path) else real_open(p, *a, **k))
-    with pytest.raises(ds.BadImageError, match="permission denied"):
-        ds.load_rgb(path)
+    with pytest.raises(images.BadImageError, match="permission denied"):
+        images.load_rgb(path)
 
 
 @pytest.mark.parametrize("mode", ["RGBA", "LA", "P", "L", "1", "CMYK", "I;16"])
@@ -65,9 +68,9 @@ def test_every_mode_becomes_rgb(tmp_path, mode):
         Image.fromarray(arr.astype("<u2")).save(path)
     else:
         make_image(path, 1, 3, fmt=fmt, mode=mode)
-    img = ds.load_rgb(path)
+    img = images.load_rgb(path)
     assert img.mode == "RGB" and img.size == (40, 30) or img.size == (40, 48)
-    t = ds.decode_resized(path, 64)
+    t = images.decode_resized(path, 64)
     assert t.dtype == torch.uint8 and t.shape == (3, 64, 64)
     if mode == "I;16":  # 16-bit range is scaled, not clipped to white
         assert int(t.min()) < 30 and int(t.max()) > 220
@@ -76,7 +79,7 @@ def test_every_mode_becomes_rgb(tmp_path, mode):
 def test_rgba_transparency_becomes_white(tmp_path):
     path = tmp_path / "clear.png"
     Image.new("RGBA", (8, 8), (255, 0, 0, 0)).save(path)
-    assert ds.load_rgb(path).getpixel((0, 0)) == (255, 255, 255)
+    assert images.load_rgb(path).getpixel((0, 0)) == (255, 255, 255)
 
 
 def test_exif_orientation_is_honoured(tmp_path):
@@ -85,21 +88,21 @@ def test_exif_orientation_is_honoured(tmp_path):
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 degrees clockwise on display
     img.save(path, exif=exif)
-    assert ds.load_rgb(path).size == (20, 60)
+    assert images.load_rgb(path).size == (20, 60)
 
 
 def test_one_pixel_image(tmp_path):
     path = tmp_path / "dot.png"
     Image.new("RGB", (1, 1), (1, 2, 3)).save(path)
-    assert ds.decode_resized(path, 32).shape == (3, 32, 32)
+    assert images.decode_resized(path, 32).shape == (3, 32, 32)
 
 
 def test_jpeg_draft_decoding_matches_full_decode(tmp_path):
     path = tmp_path / "big.jpg"
     arr = (np.random.default_rng(0).random((520, 520, 3)) * 255).astype(np.uint8)
     Image.fromarray(arr).filter(__import__("PIL.ImageFilter").ImageFilter.GaussianBlur(4)).save(path, quality=95)
-    fast = ds.decode_resized(path, 256).float()
-    full = ds.pil_to_uint8_tensor(ds.resize_square(Image.open(path).convert("RGB"), 256)).float()
+    fast = images.decode_resized(path, 256).float()
+    full = images.pil_to_uint8_tensor(images.resize_square(Image.open(path).convert("RGB"), 256)).float()
     assert (fast - full).abs().mean() < 3  # same picture, DCT-scaled decode
 
 
@@ -114,46 +117,46 @@ def test_list_images_skips_hidden_and_finds_any_depth_and_odd_names(tmp_path):
     (tmp_path / "._deep.jpg").write_bytes(b"\0\5\26\7")
     make_image(tmp_path / ".hidden" / "x.jpg", 0, 3)
     (tmp_path / "notes.txt").write_text("hi")
-    names = sorted(p.name for p in ds.list_images(tmp_path))
+    names = sorted(p.name for p in images.list_images(tmp_path))
     assert names == sorted(["deep.JPG", "with space.png", odd])
-    for p in ds.list_images(tmp_path):
-        assert ds.decode_resized(p, 16).shape == (3, 16, 16)
+    for p in images.list_images(tmp_path):
+        assert images.decode_resized(p, 16).shape == (3, 16, 16)
 
 
 def test_scan_errors_name_the_fix(tmp_path):
-    with pytest.raises(ds.DatasetError, match="not found: create it"):
-        ds.scan_image_folder(tmp_path / "missing")
+    with pytest.raises(samples.DatasetError, match="not found: create it"):
+        samples.scan_image_folder(tmp_path / "missing")
     make_image(tmp_path / "one" / "only" / "x.jpg", 0, 0)
-    with pytest.raises(ds.DatasetError, match="at least 2"):
-        ds.scan_image_folder(tmp_path / "one")
+    with pytest.raises(samples.DatasetError, match="at least 2"):
+        samples.scan_image_folder(tmp_path / "one")
     make_image(tmp_path / "two" / "a" / "x.jpg", 0, 0)
     (tmp_path / "two" / "b").mkdir()
-    with pytest.raises(ds.DatasetError, match="has no images"):
-        ds.scan_image_folder(tmp_path / "two")
+    with pytest.raises(samples.DatasetError, match="has no images"):
+        samples.scan_image_folder(tmp_path / "two")
     make_folder_dataset(tmp_path / "three", classes=("x", "y"), n_train=1, n_test=1)
     make_image(tmp_path / "three" / "test" / "z" / "1.jpg", 0, 0)
-    with pytest.raises(ds.DatasetError, match="lack"):
-        ds.scan_image_folder(tmp_path / "three" / "test", classes=["x", "y"], split_name="test")
+    with pytest.raises(samples.DatasetError, match="lack"):
+        samples.scan_image_folder(tmp_path / "three" / "test", classes=["x", "y"], split_name="test")
 
 
 def test_stratified_split_is_seeded_and_stratified():
     targets = [0] * 50 + [1] * 30
-    keep, held = ds.stratified_split(targets, 0.1, seed=1)
+    keep, held = samples.stratified_split(targets, 0.1, seed=1)
     assert sorted(keep + held) == list(range(80)) and not set(keep) & set(held)
     assert sum(targets[i] == 0 for i in held) == 5 and sum(targets[i] == 1 for i in held) == 3
-    assert ds.stratified_split(targets, 0.1, seed=1) == (keep, held)
-    assert ds.stratified_split(targets, 0.1, seed=2) != (keep, held)
-    assert ds.stratified_split(targets, 0.0, seed=1) == (list(range(80)), [])
-    with pytest.raises(ds.DatasetError):
-        ds.stratified_split(targets, 1.0, seed=1)
+    assert samples.stratified_split(targets, 0.1, seed=1) == (keep, held)
+    assert samples.stratified_split(targets, 0.1, seed=2) != (keep, held)
+    assert samples.stratified_split(targets, 0.0, seed=1) == (list(range(80)), [])
+    with pytest.raises(samples.DatasetError):
+        samples.stratified_split(targets, 1.0, seed=1)
 
 
 def test_cached_images_drop_and_list_bad_files(tmp_path):
     root = make_folder_dataset(tmp_path / "d", n_train=3, n_test=1)
     (root / "train" / "male" / "broken.jpg").write_bytes(b"")
     (root / "train" / "female" / "fake.jpg").write_text("not a jpeg")
-    samples = ds.scan_image_folder(root / "train")
-    cached = ds.CachedImages(samples, 32)
+    found = samples.scan_image_folder(root / "train")
+    cached = ds.CachedImages(found, 32)
     assert len(cached) == 6 and len(cached.bad) == 2
     assert cached.images.shape == (6, 3, 32, 32) and cached.images.dtype == torch.uint8
     assert {os.path.basename(p) for p, _ in cached.bad} == {"broken.jpg", "fake.jpg"}
@@ -161,8 +164,8 @@ def test_cached_images_drop_and_list_bad_files(tmp_path):
 
 def test_streaming_never_raises_mid_epoch(tmp_path):
     root = make_folder_dataset(tmp_path / "d", n_train=2, n_test=1)
-    samples = ds.scan_image_folder(root / "train")
-    stream = ds.StreamingImages(samples, 32)
+    found = samples.scan_image_folder(root / "train")
+    stream = ds.StreamingImages(found, 32)
     (root / "train" / "male" / "male_0.jpg").write_bytes(b"")  # breaks after the check
     batch = ds.collate_skip_bad([stream[i] for i in range(len(stream))])
     assert batch[0].shape == (3, 3, 32, 32) and batch[1].tolist() == [0, 0, 1]
@@ -182,7 +185,7 @@ def test_eval_preset_matches_torchvision_resize_centercrop(tmp_path):
     # square, like the face data (for other shapes the crop may differ by one pixel of rounding)
     path = make_image(tmp_path / "x.png", 1, 5, size=(300, 300), fmt="PNG")
     preset = ds.Preset(256, 227)
-    ours = preset.eval_batch(ds.decode_resized(path, 256)[None])[0]
+    ours = preset.eval_batch(images.decode_resized(path, 256)[None])[0]
     ref = T.Compose([T.Resize(256), T.CenterCrop(227), T.ToTensor(), T.Normalize(preset.mean, preset.std)])(
         Image.open(path).convert("RGB"))
     assert ours.shape == ref.shape == (3, 227, 227)
@@ -231,32 +234,11 @@ def test_strong_augmentation_geometry_and_colour():
     assert (left > right).any() and (left < right).any()
 
 
-def test_reframe_puts_the_chip_in_the_centre_and_smears_its_edges_around_it(tmp_path):
-    chip = np.zeros((100, 100, 3), np.uint8)
-    chip[:, :50] = (200, 0, 0)   # left half red
-    chip[:, 50:] = (0, 0, 200)   # right half blue
-    chip[40:60, 40:60] = (0, 255, 0)  # a green "face" in the middle
-    out = np.asarray(ds.reframe(Image.fromarray(chip), 64, 0.5))
-    assert out.shape == (64, 64, 3)
-    inner = np.asarray(ds.resize_square(Image.fromarray(chip), 32))
-    assert np.array_equal(out[16:48, 16:48], inner)  # the chip itself, sharp, in the centre
-    # the margin continues the chip's edges (red left, blue right) and holds no copy of the green face
-    assert out[2, 2, 0] > 150 and out[2, 2, 2] < 50 and out[61, 61, 2] > 150 and out[61, 61, 0] < 50
-    margin = np.ones((64, 64), bool)
-    margin[16:48, 16:48] = False
-    assert out[margin][:, 1].max() < 60
-    # and the training decode applies it
-    path = tmp_path / "chip.png"
-    Image.fromarray(chip).save(path)
-    assert torch.equal(ds.decode_resized(path, 64, 0.5), torch.from_numpy(out.copy()).permute(2, 0, 1))
-    assert ds.decode_resized(path, 64).shape == (3, 64, 64)
-
-
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="CPU affinity is a Linux call")
 def test_usable_cores_follows_the_cpu_affinity():
     # taskset/cpuset users and the pinned test workers get threads for the
     # cores they may use, not for every core of the machine
-    code = "import os, datasets; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); print(datasets.usable_cores())"
+    code = "import os, runtime; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); print(runtime.usable_cores())"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert out.strip() == "1"
-    assert ds.usable_cores() == len(os.sched_getaffinity(0))
+    assert runtime.usable_cores() == len(os.sched_getaffinity(0))

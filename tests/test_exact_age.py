@@ -14,6 +14,7 @@ import losses
 from checkpointing import load_checkpoint
 from conftest import make_image
 from tasks import OrdinalTask
+import samples
 
 LIGHT = ["--arch", "resnet18", "--resize", "40", "--crop", "32", "--no-progress", "--workers", "0", "-b", "8"]
 
@@ -26,13 +27,13 @@ LIGHT = ["--arch", "resnet18", "--resize", "40", "--crop", "32", "--no-progress"
     ("116_1_0_20170120134921760.jpg.chip.jpg", 116),
 ])
 def test_utkface_names(name, age):
-    assert ds.parse_utkface_name(name) == age
+    assert samples.parse_utkface_name(name) == age
 
 
 @pytest.mark.parametrize("bad", ["x_1_2_3.jpg", "_1.jpg", "999_0_0_1.jpg"])
 def test_utkface_bad_names(bad):
     with pytest.raises(ValueError):
-        ds.parse_utkface_name(bad)
+        samples.parse_utkface_name(bad)
 
 
 @pytest.mark.parametrize("name,age", [
@@ -41,13 +42,13 @@ def test_utkface_bad_names(bad):
     ("nm0000100_rm46373120_1955-1-12_2003.jpg", 48),
 ])
 def test_imdb_wiki_names(name, age):
-    assert ds.parse_imdb_wiki_name(name) == age
+    assert samples.parse_imdb_wiki_name(name) == age
 
 
 def test_imdb_wiki_bad_names():
     for bad in ("face.jpg", "1_19xx-01-01_2000.jpg", "1_2010-01-01_1900.jpg"):
         with pytest.raises(ValueError):
-            ds.parse_imdb_wiki_name(bad)
+            samples.parse_imdb_wiki_name(bad)
 
 
 def test_csv_with_missing_and_bad_rows_is_reported_not_fatal(tmp_path):
@@ -55,16 +56,16 @@ def test_csv_with_missing_and_bad_rows_is_reported_not_fatal(tmp_path):
         make_image(tmp_path / "img" / f"{i}.jpg", 0, i)
     path = tmp_path / "ages.csv"
     path.write_text(",file,age\n0,0.jpg,5\n1,1.jpg,not-a-number\n2,missing.jpg,7\n3,,8\n4,2.jpg,9.0\n5,2.jpg,3.5\n")
-    out = ds.ages_from_csv(path, tmp_path / "img", age_offset=21)
+    out = samples.ages_from_csv(path, tmp_path / "img", age_offset=21)
     assert out.ages == [26, 30] and [p.split("/")[-1] for p in out.paths] == ["0.jpg", "2.jpg"]
     reasons = [r for _, r in out.problems]
     assert len(reasons) == 4 and "bad age 'not-a-number'" in reasons[0] and "missing image" in reasons[1]
-    with pytest.raises(ds.DatasetError, match="needs columns"):
-        ds.ages_from_csv(path, tmp_path / "img", path_column="path")
+    with pytest.raises(samples.DatasetError, match="needs columns"):
+        samples.ages_from_csv(path, tmp_path / "img", path_column="path")
 
 
 def test_to_ranks_drops_out_of_range_ages():
-    s = ds.to_ranks(ds.AgeSamples(["a", "b", "c"], [20, 21, 60]), 21, 59, "t")
+    s = samples.to_ranks(samples.AgeSamples(["a", "b", "c"], [20, 21, 60]), 21, 59, "t")
     assert s.paths == ["b"] and s.targets == [0] and len(s.classes) == 39
     assert s.skipped == [("a", "age 20 outside 21-59"), ("c", "age 60 outside 21-59")]
 
@@ -181,11 +182,11 @@ def test_exact_age_csv_dataset_needs_both_files(tmp_path, capsys):
 def test_real_utkface_split_parses(shared_data):
     """The paper's CSV split on the real UTKFace folder: every row resolves."""
     base = shared_data / "utkface"
-    train = ds.ages_from_csv(base / "utk_train.csv", base / "UTKFace", age_offset=21)
-    test = ds.ages_from_csv(base / "utk_test.csv", base / "UTKFace", age_offset=21)
+    train = samples.ages_from_csv(base / "utk_train.csv", base / "UTKFace", age_offset=21)
+    test = samples.ages_from_csv(base / "utk_test.csv", base / "UTKFace", age_offset=21)
     assert (len(train.paths), len(test.paths)) == (13147, 3287)
     assert min(train.ages) == 21 and max(train.ages) == 60 and not train.problems
-    every = ds.ages_from_names(base / "UTKFace", "utkface")
+    every = samples.ages_from_names(base / "UTKFace", "utkface")
     assert len(every.paths) == 23707 and not every.problems
 
 
@@ -216,22 +217,22 @@ def test_bench_age_runs_each_loss_with_one_recipe(age_csvs, tmp_path):
     ("24_0_1_20170116220224657 .jpg.chip.jpg", "male"),
 ])
 def test_utkface_gender_names(name, gender):
-    assert ds.parse_utkface_gender(name) == gender
+    assert samples.parse_utkface_gender(name) == gender
 
 
 @pytest.mark.parametrize("bad", ["39_1_20170116174525125.jpg.chip.jpg", "29_2_3_20170104235317706.jpg.chip.jpg",
                                  "face.jpg"])
 def test_utkface_gender_bad_names(bad):
     with pytest.raises(ValueError):
-        ds.parse_utkface_gender(bad)
+        samples.parse_utkface_gender(bad)
 
 
 def test_gender_task_on_utkface_names(age_csvs, tmp_path, capsys):
     # the fixture's 24 faces are female for odd i, male for even i, ages 21-56; one has no gender field
     make_image(age_csvs / "UTKFace" / "39_1_20170116174525125.jpg.chip.jpg", 0, 99)
-    every = ds.genders_from_utkface(age_csvs / "UTKFace", min_age=26, max_age=51)
+    every = samples.genders_from_utkface(age_csvs / "UTKFace", min_age=26, max_age=51)
     assert every.classes == ["female", "male"] and len(every) == 18  # ages 26-51: 6 of the 8 ages, 3 each
-    assert all(ds.parse_utkface_gender(Path(p).name) == every.classes[t] for p, t in zip(every.paths, every.targets))
+    assert all(samples.parse_utkface_gender(Path(p).name) == every.classes[t] for p, t in zip(every.paths, every.targets))
     assert [s for s in every.skipped if "39_1_2017" in s[0]]
     out = tmp_path / "o"
     assert gac.cli(["--dataset", "utkface", "--data-dir", str(age_csvs), "--checkpoint-dir", str(out), "-ep", "1",

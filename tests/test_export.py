@@ -12,6 +12,7 @@ import predict
 from bench_predict import untrained_checkpoint
 from conftest import make_image
 from test_faces import one_thread  # noqa: F401  (autouse: one torch thread)
+import predictor  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +61,7 @@ def test_onnx_gives_the_same_probabilities(exported, capsys, tta):
 def test_onnx_exact_age_and_combined_models(exported, capsys):
     ck, onnx_path = exported["exact"]
     logits = {}
-    for p in (predict.Predictor(ck, torch.device("cpu")), predict.OnnxPredictor(onnx_path)):
+    for p in (predictor.Predictor(ck, torch.device("cpu")), predictor.OnnxPredictor(onnx_path)):
         batch = torch.randint(0, 256, (3, 3, 256, 256), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
         logits[type(p).__name__] = p.logits(batch)
     assert torch.allclose(logits["Predictor"], logits["OnnxPredictor"], atol=1e-4)
@@ -78,7 +79,7 @@ def test_torchscript_carries_the_metadata(exported):
         module = torch.jit.load(str(onnx_path.with_suffix(".pt")), _extra_files=extra)
     assert json.loads(json.loads(extra["gac_metadata.json"])["classes"]) == ["female", "male"]
     x = torch.randn(2, 3, 227, 227)
-    p = predict.Predictor(ck, torch.device("cpu"))
+    p = predictor.Predictor(ck, torch.device("cpu"))
     assert torch.allclose(module(x), p.model(x), atol=1e-5)
 
 

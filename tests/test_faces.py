@@ -20,6 +20,8 @@ import faces
 import losses
 import predict
 from bench_predict import untrained_checkpoint
+import images
+import predictor
 
 NO_AMP = ["--no-amp", "--workers", "0"]
 
@@ -45,7 +47,7 @@ def ckpts(tmp_path_factory):
 @pytest.fixture
 def crops(shared_data):
     """Two real face crops of the shared data (a man, a woman), as RGB images."""
-    return [ds.load_rgb(ds.list_images(shared_data / "gender-data" / "test" / c)[0]) for c in ("male", "female")]
+    return [images.load_rgb(images.list_images(shared_data / "gender-data" / "test" / c)[0]) for c in ("male", "female")]
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +146,7 @@ def test_photo_without_a_face_says_so(ckpts, tmp_path, capsys):
 def test_face_crops_are_predicted_whole_as_before(ckpts, shared_data, capsys):
     folder = shared_data / "gender-data" / "predict"
     outs = [run([folder, "--checkpoint", ckpts["gender"], *NO_AMP, *extra], capsys)[1] for extra in ([], ["--no-detect"])]
-    assert outs[0] == outs[1] and len(outs[0].splitlines()) == len(ds.list_images(folder))
+    assert outs[0] == outs[1] and len(outs[0].splitlines()) == len(images.list_images(folder))
     assert all(len(line.split()) == 3 for line in outs[0].splitlines())
 
 
@@ -251,8 +253,8 @@ def test_exact_age_checkpoint(head, ce_mode, tmp_path, capsys):
     else:
         assert all(a.isdigit() and 21 <= int(a) <= 32 for a in ages)
     # the rule: min_age + losses.predict_rank(logits)
-    p = predict.Predictor(ck, torch.device("cpu"))
-    batch = torch.stack([ds.decode_resized(f, 256) for f in sorted((tmp_path / "in").iterdir())])
+    p = predictor.Predictor(ck, torch.device("cpu"))
+    batch = torch.stack([images.decode_resized(f, 256) for f in sorted((tmp_path / "in").iterdir())])
     ranks = losses.predict_rank(p.logits(batch), head, ce_mode or "argmax")
     assert [float(a) for a in ages] == pytest.approx([21 + float(r) for r in ranks], abs=0.05)
 
@@ -286,7 +288,7 @@ def test_usage_errors_are_one_line(ckpts, tmp_path, capsys, argv, match):
 
 
 def test_tta_averages_the_softmax_over_ten_views(ckpts, capsys, tmp_path):
-    p = predict.Predictor(ckpts["gender"], torch.device("cpu"))
+    p = predictor.Predictor(ckpts["gender"], torch.device("cpu"))
     batch = torch.randint(0, 256, (3, 3, 256, 256), dtype=torch.uint8)
     views = p.preset.tta_batch(batch)
     want = torch.stack([p.model(v).softmax(1) for v in views]).mean(0).detach()

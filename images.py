@@ -1,0 +1,132 @@
+"""Finding and opening images safely, and the one decode step of every pipeline.
+
+* ``load_rgb`` opens any image safely (EXIF orientation, RGBA/LA/P/16-bit/CMYK,
+  decompression bombs refused, truncated or fake files reported, never raised
+  mid-epoch).
+* ``decode_resized`` turns it into a uint8 (3, R, R) tensor: the shorter side
+  resized to R (256 for the Levi-Hassner network), then the central R x R
+  square. Training caches the result in memory, so every image is decoded
+  once per run, not once per epoch.
+"""
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageFile, ImageOps
+
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm")
+# Refuse anything larger than this many pixels before decoding it: a 100 kB
+# PNG can claim 50,000 x 50,000 pixels and would need 7.5 GB once decoded.
+MAX_IMAGE_PIXELS = 40_000_000
+
+# PIL must not silently pad truncated JPEGs with grey; we want to know.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+
+
+class BadImageError(Exception):
+    """One image could not be used; the message says why."""
+
+
+def is_hidden(name: str) -> bool:
+    # .DS_Store, macOS '._x.jpg' resource forks, editor swap files, .git ...
+    return name.startswith(".")
+
+
+def is_image_file(path: str | os.PathLike) -> bool:
+    name = os.path.basename(path)
+    return not is_hidden(name) and name.lower().endswith(IMG_EXTENSIONS)
+
+
+def list_images(root: str | os.PathLike) -> list[Path]:
+    """Every image file under ``root`` at any depth, sorted, hidden ones skipped."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not is_hidden(d))
+        found.extend(Path(dirpath) / f for f in filenames if is_image_file(f))
+    return sorted(found)
+
+
+def load_rgb(path: str | os.PathLike, min_side: int | None = None) -> Image.Image:
+    """Open an image as 8-bit RGB, or raise BadImageError saying why.
+
+    min_side: when given, JPEGs are decoded at the smallest DCT scale whose
+    shorter side is still >= min_side (``Image.draft``): a 500 px face that
+    will be resized to 256 decodes about 4x faster at half scale.
+    """
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            raise BadImageError("empty file (0 bytes)")
+        with warnings.catch_warnings():
+            # a DecompressionBombWarning (between 1x and 2x the limit) is an error here
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                w, h = img.size
+                if w * h > MAX_IMAGE_PIXELS:
+                    raise BadImageError(f"refused: {w}x{h} pixels is over the {MAX_IMAGE_PIXELS:,} pixel limit")
+                if min(w, h) < 1:
+                    raise BadImageError(f"degenerate size {w}x{h}")
+                if min_side and img.format == "JPEG":
+                    scale = min(w, h) / min_side
+                    if scale >= 2:
+                        img.draft("RGB", (math.ceil(w / scale), math.ceil(h / scale)))
+                img.load()
+                img = ImageOps.exif_transpose(img)
+                return to_rgb(img)
+    except BadImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise BadImageError(f"refused as a decompression bomb ({e})") from None
+    except PermissionError:
+        raise BadImageError("permission denied") from None
+    except Image.UnidentifiedImageError:
+        raise BadImageError("not an image (unrecognised format)") from None
+    except (OSError, SyntaxError, ValueError) as e:  # truncated data, broken headers
+        raise BadImageError(f"cannot decode: {e}") from None
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode -> 8-bit RGB. Transparent pixels become white."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        # 16-bit or float greyscale: scale the real range to 0..255 rather than
+        # clipping (PIL's convert('L') would clip 16-bit data to white).
+        arr = np.asarray(img, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        arr = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
+        img = Image.fromarray(arr.round().astype(np.uint8))  # 2-D uint8 -> mode L
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba)
+    if img.mode != "RGB":
+        img = img.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV
+    return img
+
+
+def pil_to_uint8_tensor(img: Image.Image) -> torch.Tensor:
+    """RGB PIL image -> uint8 tensor (3, H, W)."""
+    return torch.from_numpy(np.array(img, dtype=np.uint8, copy=True)).permute(2, 0, 1).contiguous()
+
+
+def resize_square(img: Image.Image, size: int) -> Image.Image:
+    """Shorter side to ``size`` (antialiased bilinear), then the central square."""
+    w, h = img.size
+    scale = size / min(w, h)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    if (nw, nh) != (w, h):
+        img = img.resize((nw, nh), Image.BILINEAR, reducing_gap=None)
+    left, top = (nw - size) // 2, (nh - size) // 2
+    return img.crop((left, top, left + size, top + size))
+
+
+def decode_resized(path: str | os.PathLike, size: int) -> torch.Tensor:
+    """File -> uint8 (3, size, size): the one decode step of every pipeline."""
+    return pil_to_uint8_tensor(resize_square(load_rgb(path, min_side=size), size))

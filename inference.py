@@ -1,0 +1,185 @@
+"""From inputs to per-face results: images and video frames, the regions to
+predict on in each (detected faces, or the whole image), and batched
+prediction over them, in input order.
+"""
+from __future__ import annotations
+
+import functools
+import itertools
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+import faces
+from datasets import load_all
+from images import IMG_EXTENSIONS, is_hidden, list_images, load_rgb, pil_to_uint8_tensor, resize_square
+from predictor import Predictor
+from samples import DatasetError
+
+
+@dataclass
+class Region:
+    """What to predict on in an image: a detected face, the whole image, or a 'no face' marker.
+
+    box: (x0, y0, x1, y1) in image pixels (the face, or the square the model
+    sees); square: the RGB square to predict on, already at the models' input
+    size R (the largest ``preset.resize``), None for no face.
+    """
+    face: int | None
+    box: tuple | None
+    score: float | None
+    source: str  # "detector", "whole image" or "no face found"
+    square: Image.Image | None
+
+
+@dataclass
+class Unit:
+    """One image or video frame: its regions, or the error that stopped it."""
+    file: str
+    frame: int | None = None
+    time: float | None = None
+    fps: float | None = None  # of the video
+    image: Image.Image | None = None  # kept only for --annotate
+    regions: list = field(default_factory=list)
+    error: str | None = None
+    sampled: bool = True  # False: a video frame only carried along for the annotated video
+
+
+def whole_image(img: Image.Image, size: int) -> Region:
+    """The image as the training pipeline sees it: ``resize_square`` to ``size``; box = its central square."""
+    w, h = img.size
+    s = min(w, h)
+    left, top = (w - s) // 2, (h - s) // 2
+    return Region(0, (left, top, left + s, top + s), None, "whole image", resize_square(img, size))
+
+
+def find_regions(img: Image.Image, mode: str, detector, size: int,
+                 detect_size: int = faces.DETECT_SIZE) -> list[Region]:
+    """RGB image -> regions to predict on, squares of ``size`` px, per ``mode`` (auto/on/off, see the module doc)."""
+    if mode == "off":
+        return [whole_image(img, size)]
+    found = faces.detect_faces(detector, img, detect_size)
+    if mode == "auto" and faces.looks_like_crop(img.size, found, detector.geometry):
+        return [whole_image(img, size)]
+    if not found:
+        return [Region(None, None, None, "no face found", None)]
+    return [Region(i, f.box, f.score, "detector",
+                   resize_square(faces.crop_face(img, faces.crop_square(f.box, detector.geometry)), size))
+            for i, f in enumerate(found)]
+
+
+def image_units(paths: list[str], mode: str, detector, workers: int, keep_image: bool, resize: int,
+                detect_size: int = faces.DETECT_SIZE):
+    """Decode images in ``workers`` processes, in order, and yield a Unit for each."""
+    # whole images need only `resize` px (JPEGs decode at a reduced DCT scale); detection wants detail
+    min_side = resize if mode == "off" else None
+    for i, img, err in load_all(paths, functools.partial(load_rgb, min_side=min_side), workers):
+        if img is None:
+            yield Unit(paths[i], error=err)
+        else:
+            yield Unit(paths[i], image=img if keep_image else None,
+                       regions=find_regions(img, mode, detector, resize, detect_size))
+
+
+def video_units(path: str, every: int, mode: str, detector, keep_frames: bool, resize: int,
+                detect_size: int = faces.DETECT_SIZE):
+    """Yield a Unit per sampled frame of a video (and, with ``keep_frames``, the others too)."""
+    try:
+        video = faces.Video(path)
+        for index, t, img, sampled in video.frames(every):
+            if sampled:
+                yield Unit(path, index, t, video.fps, img if keep_frames else None,
+                           find_regions(img, mode, detector, resize, detect_size))
+            elif keep_frames:
+                yield Unit(path, index, t, video.fps, img, sampled=False)
+    except faces.FaceError as e:
+        yield Unit(path, error=str(e))
+
+
+def _list_videos(root: Path) -> list[Path]:
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames[:] = [d for d in dirnames if not is_hidden(d)]
+        found += [Path(dirpath) / f for f in filenames if not is_hidden(f) and faces.is_video(f)]
+    return found
+
+
+def collect_inputs(inputs: list[str]) -> list[str]:
+    """Files as given (any suffix: a bad one is reported later), folders searched at any depth
+    for images and videos."""
+    paths = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(list_images(p) + _list_videos(p))
+            if not found:
+                raise DatasetError(f"folder {p} has no images ({', '.join(IMG_EXTENSIONS[:4])}, ...) "
+                                      f"or videos ({', '.join(faces.VIDEO_EXTENSIONS[:2])}, ...)")
+            paths += [str(f) for f in found]
+        elif p.exists() or p.is_symlink():
+            paths.append(str(p))
+        else:
+            raise DatasetError(f"{p} does not exist")
+    return paths
+
+
+def all_units(paths: list[str], args, detector, workers: int, resize: int):
+    """Units of every input, in input order: runs of images decoded in parallel, videos frame by frame."""
+    keep = args.annotate is not None
+    for video, group in itertools.groupby(paths, key=faces.is_video):
+        group = list(group)
+        if video:
+            for path in group:
+                yield from video_units(path, args.every, args.detect, detector, keep, resize, args.detect_size)
+        else:
+            yield from image_units(group, args.detect, detector, min(workers, len(group) // args.batch_size),
+                                   keep, resize, args.detect_size)
+
+
+def _predict_regions(regions: list[Region], predictors: dict, batch_size: int, tta: bool) -> list[dict]:
+    """Regions (with a square) -> one {model key: result} per region, in batches."""
+    results = [{} for _ in regions]
+    for s in range(0, len(regions), batch_size):
+        chunk = regions[s:s + batch_size]
+        batches = {}  # one uint8 (N,3,R,R) stack per input size R
+        for key, p in predictors.items():
+            r = p.preset.resize
+            if r not in batches:
+                batches[r] = torch.stack([pil_to_uint8_tensor(resize_square(g.square, r)) for g in chunk])
+            for j, res in enumerate(p.predict(batches[r], tta)):
+                results[s + j][key] = res
+    return results
+
+
+def predict_units(units, predictors: dict, batch_size: int, tta: bool = False, max_pending: int = 256):
+    """Yield (unit, [{model key: result} or None per region]) in order, predicting faces in batches
+    of ``batch_size`` across units (at most ``max_pending`` units held at once)."""
+    pending, n = [], 0
+
+    def flush():
+        regions = [g for u in pending for g in u.regions if g.square is not None]
+        results = iter(_predict_regions(regions, predictors, batch_size, tta))
+        for u in pending:
+            yield u, [next(results) if g.square is not None else None for g in u.regions]
+
+    for unit in units:
+        pending.append(unit)
+        n += sum(g.square is not None for g in unit.regions)
+        if n >= batch_size or len(pending) >= max_pending:
+            yield from flush()
+            pending, n = [], 0
+    yield from flush()
+
+
+def predict_files(predictor: Predictor, paths: list[str], batch_size: int, workers: int):
+    """Yield (path, probabilities (C,) or None, error or None) in input order: whole images."""
+    units = image_units(paths, "off", None, workers, False, predictor.preset.resize)
+    for unit, results in predict_units(units, {"m": predictor}, batch_size):
+        if unit.error is not None:
+            yield unit.file, None, unit.error
+        else:
+            probs = results[0]["m"]["probabilities"]
+            yield unit.file, torch.tensor([probs[c] for c in predictor.classes]), None

@@ -1,0 +1,227 @@
+"""The run around the epochs: checkpoint policy, model selection, resume,
+interrupts, and the final test of the chosen model.
+
+Files of a run (in its checkpoint folder): checkpoint<epoch>.tar,
+checkpoint_last.tar, model_best.tar (the best validation metric, ties broken
+by validation loss), loss.png, performance.png (and mae.png for exact age),
+metrics.jsonl, and after the final test test_results.json with
+confusion.png, or test_predictions.csv with test_scatter.png.
+"""
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import torch
+
+import losses
+import plots
+from checkpointing import CHECKPOINT_FORMAT, CheckpointError, atomic_torch_save, atomic_write_text, expect, \
+    load_checkpoint
+from engine import StopRequested, ema_steps, evaluate, restore_ema, train_one_epoch
+from runtime import all_gather_objects, barrier
+
+
+def plain_args(args) -> dict:
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+
+
+def make_checkpoint(model, optimizer, scheduler, state, history, ctx, args) -> dict:
+    raw = model.module if hasattr(model, "module") else model
+    task, ema = ctx["task"], ctx["ema"]
+    ckpt = {
+        "format": CHECKPOINT_FORMAT,
+        "task": ctx["task_name"],
+        "classes": list(ctx["classes"]),
+        "model_args": dict(ctx["model_args"]),
+        "preprocess": ctx["preset"].as_dict(),
+        # model_state is what evaluation and predict.py use: the averaged weights when
+        # --ema-epochs is on, and then train_state holds the raw ones to resume from
+        "model_state": {k: v.detach().cpu() for k, v in (ema.module if ema else raw).state_dict().items()},
+        "optimizer_state": optimizer.state_dict(),
+        "scheduler_state": scheduler.state_dict(),
+        # epoch: completed epochs; progress: where the epoch in flight stands
+        "epoch": state["epoch"],
+        "progress": {k: state[k] for k in ("epoch", "next_batch", "running")},
+        "iter_losses": list(state["iter_losses"]),
+        "history": history,
+        "best": dict(ctx["best"]),
+        "rng": {"torch": torch.get_rng_state(), "aug": ctx["aug_gen"].get_state()},
+        "args": plain_args(args),
+        "metrics": history[-1] if history else {},
+    }
+    if ema is not None:
+        ckpt["train_state"] = {k: v.detach().cpu() for k, v in raw.state_dict().items()}
+        ckpt["ema_steps"] = ema_steps(ema)
+    if task.kind == "ordinal":
+        ckpt["ordinal"] = {"loss": task.loss_name, "min_age": task.min_age, "num_ranks": task.k,
+                           "ce_mode": task.ce_mode}
+    return ckpt
+
+
+def write_outputs(ckpt: dict, out: Path, ctx) -> None:
+    """Plots and the metrics log: rewritten atomically after each evaluation."""
+    hist, name = ckpt["history"], ctx["task_name"]
+    plots.write_jsonl(hist, out / "metrics.jsonl")
+    if ckpt["iter_losses"]:
+        plots.plot_loss(ckpt["iter_losses"], out / "loss.png", f"{name}: training loss")
+    if ctx["task"].kind == "ordinal":
+        plots.plot_curves(hist, {"train_mae": "train (running, augmented)", "val_mae": "validation"},
+                          out / "mae.png", "MAE (years)", f"{name}: mean absolute error")
+        plots.plot_curves(hist, {"train_cs5": "train CS@5", "val_cs5": "validation CS@5"},
+                          out / "performance.png", "share within 5 years", f"{name}: CS@5")
+    else:
+        plots.plot_curves(hist, {"train_acc": "train (running, augmented)", "val_acc": "validation"},
+                          out / "performance.png", "accuracy", f"{name}: accuracy")
+
+
+def train_loop(model, optimizer, scheduler, train_data, val_data, state, history, ctx, args, out, log):
+    stopper = ctx["stopper"]
+    stopper.install()
+    rank, task = ctx["rank"], ctx["task"]
+    metric = task.select_metric
+
+    def save(path_names):
+        if rank != 0:
+            return None
+        ckpt = make_checkpoint(model, optimizer, scheduler, state, history, ctx, args)
+        atomic_torch_save(ckpt, *(out / fname for fname in path_names))
+        return ckpt
+
+    try:
+        while state["epoch"] < args.epochs:
+            e = state["epoch"]
+            if state["next_batch"] == 0:
+                # per-epoch reseed: dropout and augmentation draws depend only on (seed, epoch)
+                torch.manual_seed(args.seed * 1_000_003 + e * 101 + ctx["rank"])
+                ctx["aug_gen"].manual_seed(args.seed * 7919 + e * 31 + ctx["rank"])
+            lr = optimizer.param_groups[-1]["lr"]
+            stats = train_one_epoch(model, optimizer, scheduler, train_data, state, args, ctx)
+            if args.schedule == "step":
+                scheduler.step()
+            epoch_no = e + 1
+            record = {"epoch": epoch_no, "lr": lr, **stats}
+            last = epoch_no == args.epochs
+            is_best = False
+            if epoch_no % args.eval_every == 0 or last:
+                val = evaluate(ctx["ema"].module if ctx["ema"] else model, val_data, args, ctx)
+                record.update({f"val_{k}": v for k, v in val.items() if k not in ("confusion", "n")})
+                is_best = task.is_better(val[metric], ctx["best"]["value"], val["loss"], ctx["best"].get("loss"))
+                if is_best:
+                    ctx["best"] = {"value": val[metric], "metric": metric, "epoch": epoch_no, "loss": val["loss"]}
+                train_desc = " ".join(f"{k[6:]} {v:.4f}" for k, v in stats.items()
+                                      if k.startswith("train_") and k[6:] in ("loss", "acc", "mae"))
+                log(f"epoch {epoch_no:3d}/{args.epochs}: train {train_desc} | val {task.describe(val)}"
+                    f"{' (best)' if is_best else ''} | lr {lr:.2e} | {stats['images_per_s']:.0f} img/s")
+            history.append(record)
+            state.update(epoch=epoch_no, next_batch=0, running=None)
+            # write order matters for kill -9: model_best before checkpoint_last (a resume
+            # from an older last re-runs the epoch and rewrites the same best), and
+            # checkpoint_last before checkpoint<N> (so last is never older than any N)
+            names = ["model_best.tar"] if is_best else []
+            if epoch_no % args.save_every == 0 or last:
+                names += ["checkpoint_last.tar", f"checkpoint{epoch_no}.tar"]
+            if names:
+                ckpt = save(names)
+                if ckpt is not None and (epoch_no % args.eval_every == 0 or last):
+                    write_outputs(ckpt, out, ctx)
+    except (StopRequested, KeyboardInterrupt):
+        ckpt = save(["checkpoint_last.tar"])
+        if ckpt is not None:
+            write_outputs(ckpt, out, ctx)
+        log(f"stopped by {stopper.signal or 'SIGINT'}: state saved to {out / 'checkpoint_last.tar'} "
+            f"(epoch {state['epoch'] + 1}, batch {state['next_batch']}); continue with --resume")
+        raise SystemExit(130)
+    if rank == 0 and not (out / "model_best.tar").exists():
+        raise CheckpointError("no model_best.tar was written (no evaluation ran)")
+
+
+def latest_checkpoint(out: Path) -> Path:
+    """checkpoint_last.tar, or (if a crash came before it was ever written) the
+    highest-numbered checkpoint<N>.tar; the path to report when neither exists."""
+    last = out / "checkpoint_last.tar"
+    if last.is_file():
+        return last
+    numbered = [(int(p.stem[10:]), p) for p in out.glob("checkpoint*.tar") if p.stem[10:].isdigit()]
+    return max(numbered)[1] if numbered else last
+
+
+def resume(path: Path, model, optimizer, scheduler, state: dict, ctx, args, log) -> list:
+    """Load a run's checkpoint into the model, optimizer, scheduler, EMA,
+    progress and random generators, so the run continues exactly; returns
+    its history."""
+    ckpt = load_checkpoint(path)
+    expect(ckpt, path, task=ctx["task_name"], arch=ctx["model_args"]["arch"], classes=ctx["classes"])
+    ran = ckpt.get("args", {}).get("optimizer")
+    if ran is not None and ran != args.optimizer:
+        raise CheckpointError(f"{path} was trained with the {ran} optimizer, not {args.optimizer}: resume with "
+                              f"the run's own optimizer (--optimizer {ran})")
+    model.load_state_dict(ckpt.get("train_state", ckpt["model_state"]))
+    if ctx["ema"] is not None:
+        restore_ema(ctx["ema"], ckpt["model_state"], int(ckpt.get("ema_steps", 0)))
+    try:
+        optimizer.load_state_dict(ckpt["optimizer_state"])
+    except ValueError as e:  # another parameter grouping than the run had
+        raise CheckpointError(f"{path}: its optimizer state does not fit this run's ({e})") from None
+    scheduler.load_state_dict(ckpt["scheduler_state"])
+    state.update(ckpt["progress"])
+    state["iter_losses"] = list(ckpt["iter_losses"])
+    ctx["best"] = dict(ckpt["best"])
+    torch.set_rng_state(ckpt["rng"]["torch"])
+    ctx["aug_gen"].set_state(ckpt["rng"]["aug"])
+    log(f"resumed from {path}: epoch {state['epoch'] + 1}, batch {state['next_batch']}")
+    return list(ckpt["history"])
+
+
+def test_best(model, test_data, best_path: Path, args, ctx, out: Path, log) -> dict:
+    """Evaluate the chosen checkpoint once on the test split; rank 0 writes
+    test_results.json (and the confusion matrix or the per-image predictions)."""
+    name, task, classes = ctx["task_name"], ctx["task"], ctx["classes"]
+    ordinal = task.kind == "ordinal"
+    barrier()  # rank 0 has finished writing model_best.tar
+    ckpt = load_checkpoint(best_path)
+    expect(ckpt, best_path, task=name, classes=classes)
+    (model.module if hasattr(model, "module") else model).load_state_dict(ckpt["model_state"])
+    rows: list = []
+    result = evaluate(model, test_data, args, ctx, rows=rows if ordinal else None)
+    summary = {"task": name, "checkpoint": str(best_path), "epoch": ckpt["epoch"],
+               "val": ckpt["best"], "test": {k: v for k, v in result.items() if k != "confusion"},
+               "selected_on": ctx["selected_on"]}
+    if not ordinal:
+        summary.update(test_acc=result["acc"], test_n=result["n"], classes=classes, confusion=result["confusion"])
+    rows = [r for part in all_gather_objects(rows) for r in part]  # per-image rows of every shard
+    if ctx["rank"] != 0:
+        return summary
+    log(f"test: {task.describe(result)} on {result['n']} images with {best_path.name} "
+        f"(epoch {ckpt['epoch']}, chosen on {summary['selected_on']})")
+    if ordinal:
+        write_test_predictions(rows, test_data, task, out)
+    else:
+        log(f"test: accuracy {result['acc']:.4f}")
+        log("confusion matrix (rows true, columns predicted; " + ", ".join(classes) + "):")
+        for cname, row in zip(classes, result["confusion"]):
+            log(f"  {cname:>12}: " + " ".join(f"{v:5d}" for v in row))
+        plots.plot_confusion(result["confusion"], classes, out / "confusion.png",
+                             f"{name} test: accuracy {result['acc']:.3f}")
+    plots.write_json(summary, out / "test_results.json")
+    return summary
+
+
+def write_test_predictions(rows: list, data, task, out: Path) -> None:
+    """test_predictions.csv (file, true age, predicted age, rank probabilities) and test_scatter.png."""
+    rows = sorted(rows, key=lambda r: r[0])
+    logits = torch.stack([r[1] for r in rows]) if rows else torch.zeros((0, 1))
+    probs = losses.rank_probabilities(logits, task.loss_name) if rows else torch.zeros((0, task.k))
+    pred = task.predict(logits) + task.min_age if rows else torch.zeros(0)
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["file", "true_age", "predicted_age"] + [f"p_{task.min_age + j}" for j in range(task.k)])
+    true_ages = []
+    for (i, _), p, pr in zip(rows, pred.tolist(), probs.tolist()):
+        true_age = int(data.targets[i]) + task.min_age
+        true_ages.append(true_age)
+        w.writerow([data.paths[i], true_age, round(p, 2)] + [f"{v:.5f}" for v in pr])
+    atomic_write_text(out / "test_predictions.csv", buf.getvalue())
+    if rows:
+        plots.plot_scatter(true_ages, pred.tolist(), out / "test_scatter.png", "test: predicted against true age")
