@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import os
 import tempfile
+import threading
 import zipfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,13 +27,36 @@ class CheckpointError(Exception):
     """A checkpoint cannot be used; the message names the problem."""
 
 
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where the system allows
+    (Linux's /proc/self/status); elsewhere set and restored under a lock."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "wb"):
-    """Open a temporary file beside ``path``; rename it over ``path`` on success."""
+    """Open a temporary file beside ``path``; rename it over ``path`` on success.
+
+    mkstemp creates the file readable by its owner only (0600); it gets the
+    permissions any new file would have (0666 less the umask) before the rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
@@ -101,6 +125,24 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
         raise CheckpointError(f"{path} is not a checkpoint of this toolkit (no model_state/model_args): "
                               f"weights-only files cannot be used, retrain or re-save it")
     return ckpt
+
+
+def first_non_finite(state: dict) -> str | None:
+    """The name of the first floating-point tensor of a state dict holding NaN
+    or infinity, or None when every value is finite."""
+    for name, tensor in state.items():
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            return name
+    return None
+
+
+def check_finite_weights(model_state: dict, path) -> None:
+    """Raise CheckpointError when a checkpoint's weights hold NaN or infinity
+    (a run that diverged): such a model predicts nothing useful."""
+    name = first_non_finite(model_state)
+    if name is not None:
+        raise CheckpointError(f"{path} holds non-finite weights (NaN or infinity in {name}): the run that "
+                              f"wrote it diverged; use an earlier checkpoint or retrain with a lower --lr")
 
 
 def expect(ckpt: dict, path, task: str | None = None, arch: str | None = None,

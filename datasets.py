@@ -207,9 +207,9 @@ def choose_cache_mode(mode: str, n_images: int, size: int, max_fraction: float =
     if mode == "stream":
         return "stream", "forced by --cache stream"
     if need <= max_fraction * free:
-        return "memory", f"{need / 2**20:.0f} MiB of decoded images fits in memory ({free / 2**30:.1f} GiB free)"
-    return "stream", (f"{need / 2**30:.1f} GiB of decoded images is over half the free memory "
-                      f"({free / 2**30:.1f} GiB): decoding in workers every epoch")
+        return "memory", f"{need / 2**20:.0f} MiB of decoded images fits in memory, {free / 2**30:.1f} GiB free"
+    return "stream", (f"{need / 2**30:.1f} GiB of decoded images is over half the free memory, "
+                      f"{free / 2**30:.1f} GiB: decoding in workers every epoch")
 
 
 class CachedImages(Dataset):
@@ -332,8 +332,10 @@ def report_bad(bad: list, out_dir: Path, strict: bool, log) -> None:
     log(f"warning: skipped {len(bad)} unreadable image(s): {listing}")
 
 
-def exact_age_samples(args) -> tuple[SampleSet, SampleSet, list]:
-    """(train, test, problems) for --task exact-age: ranks = age - min_age."""
+def exact_age_samples(args, test_only: bool = False) -> tuple[SampleSet, SampleSet, list]:
+    """(train, test, problems) for --task exact-age: ranks = age - min_age.
+    ``test_only``: the training part is not read (empty) where it is a file or folder of its own."""
+    nothing = AgeSamples([], [])
     if args.dataset == "imagefolder":
         raise DatasetError("exact age needs ages: --dataset utkface, csv or imdb-wiki "
                               "(class folders are for --task gender or age)")
@@ -346,14 +348,16 @@ def exact_age_samples(args) -> tuple[SampleSet, SampleSet, list]:
         if args.random_split is not None:
             parts = split_ages(ages_from_names(image_dir, "utkface"), args.random_split, args.seed)
         else:
-            parts = (ages_from_csv(train_csv, image_dir, args.path_column, args.age_column, offset),
+            parts = (nothing if test_only else ages_from_csv(train_csv, image_dir, args.path_column,
+                                                             args.age_column, offset),
                      ages_from_csv(test_csv, image_dir, args.path_column, args.age_column, offset))
     elif args.dataset == "csv":
         if not (args.train_csv and args.test_csv):
             raise DatasetError("--dataset csv needs --train-csv and --test-csv (and --image-dir)")
         image_dir = Path(args.image_dir or Path(args.train_csv).parent)
         offset = args.csv_age_offset or 0
-        parts = tuple(ages_from_csv(c, image_dir, args.path_column, args.age_column, offset)
+        parts = tuple(nothing if test_only and c == args.train_csv and args.random_split is None
+                      else ages_from_csv(c, image_dir, args.path_column, args.age_column, offset)
                       for c in (args.train_csv, args.test_csv))
         if args.random_split is not None:
             merged = AgeSamples(parts[0].paths + parts[1].paths, parts[0].ages + parts[1].ages,
@@ -364,7 +368,8 @@ def exact_age_samples(args) -> tuple[SampleSet, SampleSet, list]:
         if args.random_split is not None:
             parts = split_ages(ages_from_names(base, "imdb-wiki"), args.random_split, args.seed)
         else:
-            parts = (ages_from_names(base / "train", "imdb-wiki"), ages_from_names(base / "test", "imdb-wiki"))
+            parts = (nothing if test_only else ages_from_names(base / "train", "imdb-wiki"),
+                     ages_from_names(base / "test", "imdb-wiki"))
     train, test = parts
     ages = train.ages + test.ages
     lo = args.min_age if args.min_age is not None else min(ages)
@@ -372,7 +377,7 @@ def exact_age_samples(args) -> tuple[SampleSet, SampleSet, list]:
     if hi <= lo:
         raise DatasetError(f"age range {lo}-{hi} is empty: check --min-age/--max-age")
     tr, te = to_ranks(train, lo, hi, "train"), to_ranks(test, lo, hi, "test")
-    if len(tr) < 2 or len(te) < 1:
+    if (len(tr) < 2 and not test_only) or len(te) < 1:
         raise DatasetError(f"too few images in the age range {lo}-{hi} (train {len(tr)}, test {len(te)})")
     return tr, te, tr.skipped + te.skipped
 
@@ -390,7 +395,7 @@ def utkface_gender_samples(image_dir: Path, args) -> tuple[SampleSet, SampleSet,
 
 def split_ages(samples: AgeSamples, fraction: float, seed: int) -> tuple[AgeSamples, AgeSamples]:
     """A seeded random split of one labelled set, stratified by age."""
-    keep, held = stratified_split(samples.ages, fraction, seed)
+    keep, held = stratified_split(samples.ages, fraction, seed, ordered=True, flag="--random-split")
     pick = lambda idx: AgeSamples([samples.paths[i] for i in idx], [samples.ages[i] for i in idx])
     train, test = pick(keep), pick(held)
     train.problems = samples.problems
@@ -407,10 +412,15 @@ class Selection:
     problems: list  # (where, reason) of files or rows without a usable label
 
 
-def select_samples(args, task: str) -> Selection:
+def select_samples(args, task: str, classes: list | None = None) -> Selection:
     """The samples of a run, from its arguments: structure only (one-line
     DatasetErrors), nothing decoded. The validation split is a seeded,
-    stratified --val-split share of the training samples."""
+    stratified --val-split share of the training samples.
+
+    ``classes`` (a checkpoint's, for --test-only): only the test split is
+    used, labelled with these classes; no training folder is needed."""
+    if classes is not None:
+        return test_selection(args, task, classes)
     if task == "exact-age":
         train_all, test, problems = exact_age_samples(args)
     elif args.dataset == "utkface" and task == "gender":
@@ -426,9 +436,26 @@ def select_samples(args, task: str) -> Selection:
         problems = []
     train_all = limit_per_class(train_all, args.max_per_class)
     test = limit_per_class(test, args.max_per_class)
-    keep, held = stratified_split(train_all.targets, args.val_split, args.seed)
+    keep, held = stratified_split(train_all.targets, args.val_split, args.seed, ordered=task == "exact-age")
     return Selection(train_all.classes, train_all.subset(keep), train_all.subset(held) if held else None,
                      test, problems)
+
+
+def test_selection(args, task: str, classes: list) -> Selection:
+    """Only the test split, labelled with a checkpoint's ``classes``."""
+    if task == "exact-age":
+        _, test, problems = exact_age_samples(args, test_only=True)
+    elif args.dataset == "imagefolder":
+        test = scan_image_folder(Path(args.data_dir or TASK_DATA[task]) / "test", classes=classes, split_name="test")
+        problems = []
+    else:
+        selection = select_samples(args, task)
+        test, problems = selection.test, selection.problems
+    if list(test.classes) != list(classes):
+        raise DatasetError(f"the test data has classes {test.classes}, the checkpoint {list(classes)}: "
+                           f"check --data-dir or --min-age/--max-age")
+    test = limit_per_class(test, args.max_per_class)
+    return Selection(list(classes), SampleSet([], [], list(classes)), None, test, problems)
 
 
 # --------------------------------------------------------------------------

@@ -7,6 +7,7 @@ process or under torchrun (statistics are summed over processes).
 from __future__ import annotations
 
 import math
+import os
 import signal
 import sys
 import time
@@ -16,12 +17,40 @@ import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
+from checkpointing import first_non_finite
 from datasets import epoch_order, iterate_batches, shard
-from runtime import all_reduce_sum
+from runtime import all_reduce_sum, show_progress
 
 
 class StopRequested(Exception):
     pass
+
+
+class TrainingDiverged(Exception):
+    """The loss or the weights became NaN or infinite: the run stops without saving them."""
+
+
+DIVERGED_HINT = "the run diverged (try a lower --lr); the checkpoints saved before it are kept"
+
+
+def check_finite_loss(value: float, state: dict, batch: int, ctx) -> None:
+    """Raise TrainingDiverged on every process when any one of them has a
+    non-finite loss, before that step changes the weights."""
+    bad = not math.isfinite(value)
+    if ctx["world"] > 1:
+        bad = all_reduce_sum(torch.tensor([float(bad)])).item() > 0
+    if bad:
+        raise TrainingDiverged(f"the training loss became {value} at epoch {state['epoch'] + 1}, batch {batch + 1}: "
+                               f"{DIVERGED_HINT}")
+
+
+def refuse_non_finite(ckpt: dict) -> None:
+    """Raise TrainingDiverged instead of saving a checkpoint whose weights hold NaN or infinity."""
+    for key in ("model_state", "train_state"):
+        name = first_non_finite(ckpt.get(key) or {})
+        if name is not None:
+            raise TrainingDiverged(f"the weights became non-finite ({name}) in epoch {ckpt['progress']['epoch'] + 1}: "
+                                   f"{DIVERGED_HINT}")
 
 
 def stop_requested(ctx) -> bool:
@@ -34,19 +63,39 @@ def stop_requested(ctx) -> bool:
 
 
 class Stopper:
-    """SIGINT/SIGTERM set a flag; the loop saves a checkpoint and exits cleanly."""
+    """SIGINT/SIGTERM set a flag; the loop checks it between steps, saves a
+    consistent checkpoint and exits cleanly. The handler never raises: a
+    second signal only says the stop is coming; a third quits at once, saving
+    nothing (the last saved files stay as they were: every write is atomic)."""
 
     def __init__(self):
         self.signal = None
+        self.count = 0
+        self._previous = {}
 
     def install(self):
         for s in (signal.SIGINT, signal.SIGTERM):
+            self._previous.setdefault(s, signal.getsignal(s))
             signal.signal(s, self._handler)
 
+    def restore(self):
+        """Give SIGINT/SIGTERM back to the handlers they had before install()."""
+        for s, handler in self._previous.items():
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)
+        self._previous = {}
+
     def _handler(self, signum, frame):
-        if self.signal is not None:  # a second Ctrl-C: stop now
-            raise KeyboardInterrupt
-        self.signal = signal.Signals(signum).name
+        self.count += 1
+        name = signal.Signals(signum).name
+        if self.signal is None:
+            self.signal = name
+        elif self.count == 2:  # os.write: no buffered I/O inside a signal handler
+            os.write(2, f"{name} again: still stopping after this step; a third one quits at once without "
+                        f"saving\n".encode())
+        else:
+            os.write(2, f"{name} a third time: quitting now without saving (the files saved before are "
+                        f"kept)\n".encode())
+            os._exit(130)
 
 
 def make_ema(model: torch.nn.Module, epochs: float, steps_per_epoch: int) -> AveragedModel:
@@ -100,7 +149,7 @@ def make_scheduler(optimizer, args, steps: int):
     step (per epoch, the original's 0.9 every 5 epochs) or one-cycle (per iteration)."""
     if args.schedule == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[g["lr"] for g in optimizer.param_groups],
-                                                   total_steps=max(1, steps * args.epochs),
+                                                   total_steps=max(8, steps * args.epochs),  # its phases need 5+
                                                    pct_start=0.25)
     return torch.optim.lr_scheduler.StepLR(optimizer, step_size=args.lr_step, gamma=args.lr_gamma)
 
@@ -125,7 +174,7 @@ def train_one_epoch(model, optimizer, scheduler, data, state: dict, args, ctx) -
     start = state["next_batch"]
     gen = ctx["aug_gen"]
     bar = None
-    if ctx["rank"] == 0 and not args.no_progress:
+    if show_progress(args.no_progress, ctx["rank"]):
         bar = tqdm(total=n_batches, initial=start, desc=f"epoch {state['epoch'] + 1}/{args.epochs}",
                    unit="batch", leave=False, mininterval=1.0, file=sys.stderr)
     t0, imgs = time.perf_counter(), 0
@@ -152,6 +201,8 @@ def train_one_epoch(model, optimizer, scheduler, data, state: dict, args, ctx) -
         loss = task.loss(logits, y)
         if mix:
             loss = lam * loss + (1.0 - lam) * task.loss(logits, y_partner)
+        loss_value = loss.item()
+        check_finite_loss(loss_value, state, b, ctx)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -159,7 +210,7 @@ def train_one_epoch(model, optimizer, scheduler, data, state: dict, args, ctx) -
             ctx["ema"].update_parameters(model.module if hasattr(model, "module") else model)
         if args.schedule == "onecycle":
             scheduler.step()
-        state["iter_losses"].append(loss.item())
+        state["iter_losses"].append(loss_value)
         stats = task.stats(logits.detach().float().cpu(), y.cpu())
         running = stats if running is None else running + stats
         state["running"] = running
@@ -212,10 +263,11 @@ def eval_logits(model, x: torch.Tensor, args, ctx) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(model, data, args, ctx, rows: list | None = None) -> dict:
+def evaluate(model, data, args, ctx, rows: list | None = None, stopper: Stopper | None = None) -> dict:
     """The task's metrics in eval mode (dropout off, BatchNorm running
     statistics), sharded over processes and all-reduced. When ``rows`` is a
-    list, per-image (index, logits) pairs are appended to it."""
+    list, per-image (index, logits) pairs are appended to it. With a
+    ``stopper``, a signal stops it after the current batch (StopRequested)."""
     model.eval()
     device, task = ctx["device"], ctx["task"]
     indices = shard(list(range(len(data))), ctx["rank"], ctx["world"])
@@ -230,6 +282,8 @@ def evaluate(model, data, args, ctx, rows: list | None = None) -> dict:
         if rows is not None:
             rows.extend(zip(indices[pos:pos + len(y)], logits))
         pos += len(y)
+        if stopper is not None and stopper.signal is not None:
+            raise StopRequested
     if total is None:
         total = task.stats(torch.zeros((0, ctx["num_outputs"])), torch.zeros((0,), dtype=torch.long))
     return task.metrics(all_reduce_sum(total))

@@ -38,6 +38,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from images import BadImageError, check_image_size
+
 # FFmpeg's own log lines ("moov atom not found") would bypass our one-line errors
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
@@ -91,6 +93,13 @@ def iou(a, b) -> float:
     inter = ix * iy
     union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
     return inter / union if union > 0 else 0.0
+
+
+def clip_box(box, size: tuple) -> tuple:
+    """(x0, y0, x1, y1) clipped to an image of ``size`` (w, h)."""
+    w, h = size
+    x0, y0, x1, y1 = box
+    return (min(max(x0, 0), w), min(max(y0, 0), h), min(max(x1, 0), w), min(max(y1, 0), h))
 
 
 def crop_square(box, geometry: Geometry) -> tuple:
@@ -252,6 +261,17 @@ class Video:
             raise FaceError("cannot open as a video (unreadable, or a codec OpenCV lacks)")
         self.fps = float(self.cap.get(cv2.CAP_PROP_FPS) or 0.0)
         self.size = (int(self.cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(self.cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+        if self.size != (0, 0):  # 0 x 0: the container does not say; each frame is checked anyway
+            self._check_size(self.size)
+
+    def _check_size(self, size: tuple) -> None:
+        """FaceError for frames no image would be allowed to have (images.check_image_size):
+        a 12000 x 12000 video would hold gigabytes of frames in flight."""
+        try:
+            check_image_size(*size)
+        except BadImageError as e:
+            self.cap.release()
+            raise FaceError(f"video frames {e}") from None
 
     def frames(self, every: int = 1):
         """Yield (index, time in s or None, RGB PIL image, sampled) for every frame, in order;
@@ -262,6 +282,7 @@ class Video:
                 ok, frame = self.cap.read()
                 if not ok:
                     break
+                self._check_size((frame.shape[1], frame.shape[0]))
                 rgb = Image.fromarray(self._cv2.cvtColor(frame, self._cv2.COLOR_BGR2RGB))
                 yield index, (round(index / self.fps, 3) if self.fps > 0 else None), rgb, index % every == 0
                 index += 1

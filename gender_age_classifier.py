@@ -30,18 +30,28 @@ from torch import nn
 
 import datasets as ds
 import losses
+import run_folder
+import settings
 import trainer
-from checkpointing import CheckpointError, check_writable, load_checkpoint, transfer_weights
-from engine import Stopper, make_ema, make_optimizer, make_scheduler, steps_per_epoch
+from arg_checks import ArgumentError, validate_args
+from checkpointing import CheckpointError, check_finite_weights, load_checkpoint, transfer_weights
+from engine import Stopper, TrainingDiverged, make_ema, make_optimizer, make_scheduler, steps_per_epoch
 from models import ARCHITECTURES, build_model, default_input_geometry, output_bias, output_layer_names
 from runtime import DeviceError, bf16_is_fast, configure_threads, init_distributed, resolve_device, \
-    shutdown_distributed
+    show_progress, shutdown_distributed
 from tasks import ClassificationTask, OrdinalTask
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a flag's default, except for those the recipe fills (default None): their help says it."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Train a gender, age-group or exact-age model.", add_help=add_help,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     add_original_args(p)
     add_exact_age_args(p.add_argument_group("exact age (--task exact-age)"))
     add_run_args(p)
@@ -51,32 +61,38 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 def add_original_args(p) -> None:
     """The original script's flags first, then the model and optimisation ones."""
     p.add_argument("-a", "--age", action="store_true", help="train the age-group model on age-data/ instead of gender")
-    p.add_argument("-b", "--batch-size", type=int, default=64, help="images per step (all processes together)")
-    p.add_argument("-ep", "--epochs", type=int, default=64, help="number of epochs")
+    p.add_argument("-b", "--batch-size", type=int, default=None,
+                   help="images per step, all processes together (default: 64; exact age: 128)")
+    p.add_argument("-ep", "--epochs", type=int, default=None, help="number of epochs (default: 64; exact age: 14)")
     p.add_argument("-sgd", "--sgd", action="store_true", help="SGD with momentum 0.9 instead of Adam")
     p.add_argument("--task", default=None, choices=("gender", "age", "exact-age"),
                    help="what to learn (default: gender, or age with -a)")
-    p.add_argument("--lr", type=float, default=1e-3, help="initial learning rate")
+    p.add_argument("--lr", type=float, default=None, help="initial (one-cycle: peak) learning rate "
+                                                          "(default: 1e-3; exact age: 2e-3)")
     p.add_argument("--lr-step", type=int, default=5, help="decay the learning rate every this many epochs")
-    p.add_argument("--lr-gamma", type=float, default=0.9, help="learning-rate decay factor")
-    p.add_argument("--weight-decay", type=float, default=0.0, help="L2 weight decay")
+    p.add_argument("--lr-gamma", type=float, default=None, help="learning-rate decay factor (default: 0.9)")
+    p.add_argument("--weight-decay", type=float, default=None, help="L2 weight decay (default: 0; exact age: 0.05, "
+                                                                    "decoupled as AdamW's)")
     p.add_argument("--label-smoothing", type=float, default=0.0, help="cross-entropy label smoothing")
     p.add_argument("--aug", default="original", choices=("original", "strong"),
                    help="original: RandomCrop + flip, as the original; strong: also random scale, position "
                         "and colour (measured no better on the small default data; kept for larger data)")
     p.add_argument("--arch", default=None, choices=ARCHITECTURES,
-                   help="network (default: levi_hassner; resnet34 for exact-age, as in the CORAL paper)")
-    p.add_argument("--resize", type=int, default=None, help="side of the decoded square (default: per arch)")
-    p.add_argument("--crop", type=int, default=None, help="network input side (default: per arch)")
+                   help="network (default: levi_hassner; exact age: resnet18, the paper recipe resnet34)")
+    p.add_argument("--resize", type=int, default=None,
+                   help="side of the decoded square (default: 256 for levi_hassner and the resnets; exact age: 68)")
+    p.add_argument("--crop", type=int, default=None,
+                   help="network input side (default: 227 for levi_hassner, 224 for the resnets; exact age: 64)")
     p.add_argument("--optimizer", default=None, choices=("adam", "adamw", "sgd"),
-                   help="default adam (-sgd picks sgd)")
-    p.add_argument("--schedule", default="step", choices=("step", "onecycle"),
-                   help="step: lr x lr-gamma every lr-step epochs; onecycle: one-cycle per iteration")
-    p.add_argument("--dropout", type=float, default=0.5, help="dropout of the fully connected layers")
+                   help="default: adam (-sgd picks sgd); exact age: adamw")
+    p.add_argument("--schedule", default=None, choices=("step", "onecycle"),
+                   help="step: lr x lr-gamma every lr-step epochs; onecycle: one-cycle per iteration "
+                        "(default: step; exact age: onecycle)")
+    p.add_argument("--dropout", type=float, default=None,
+                   help="dropout of the fully connected layers (default: 0.5; exact age: 0)")
     p.add_argument("--ema-epochs", type=float, default=None,
                    help="evaluate, keep and predict with an exponential moving average of the weights, with "
-                        "a time constant of this many epochs; 0 = off, the raw weights (default: 5 for gender "
-                        "and age, 0 for exact-age)")
+                        "a time constant of this many epochs; 0 = off, the raw weights (default: 5; exact age: 1)")
     p.add_argument("--mixup", type=float, default=0.0, metavar="ALPHA",
                    help="mixup (Zhang et al. 2018) with a Beta(ALPHA, ALPHA) mixing weight, classification "
                         "only (0 = off)")
@@ -89,14 +105,18 @@ def add_original_args(p) -> None:
 
 
 def add_exact_age_args(g) -> None:
-    g.add_argument("--loss", default="coral", choices=("ce", "ordinal", "coral", "corn"), help="ordinal loss")
+    g.add_argument("--recipe", default="cpu", choices=("cpu", "paper"),
+                   help="the defaults of every unset flag: cpu, measured on a 2-core CPU (ResNet-18, 64 px, "
+                        "14 epochs, one-cycle AdamW); paper, the CORAL paper's (ResNet-34, 120 px, 200 epochs)")
+    g.add_argument("--loss", default=None, choices=("ce", "ordinal", "coral", "corn"),
+                   help="ordinal loss (default: ordinal, Niu et al.; the paper recipe: coral)")
     g.add_argument("--imp-weight", type=int, default=0, choices=(0, 1),
                    help="CORAL paper's task importance weighting (1 = on)")
     g.add_argument("--bias-init", default="prior", choices=("prior", "default"),
                    help="start the head's biases at the training label prior (default) or at the "
                         "layer's own initialisation (CORAL: (K-1..1)/(K-1))")
-    g.add_argument("--ce-mode", default="argmax", choices=("argmax", "expectation"),
-                   help="how --loss ce predicts an age")
+    g.add_argument("--ce-mode", default=None, choices=("argmax", "expectation"),
+                   help="how --loss ce predicts an age (default: expectation; the paper recipe: argmax)")
     g.add_argument("--dataset", default=None, choices=("imagefolder", "utkface", "csv", "imdb-wiki"),
                    help="utkface: ages from UTKFace names (with the paper's CSV split when its files exist; "
                         "the default for exact age), or with the gender task genders from the names and a "
@@ -138,8 +158,10 @@ def add_run_args(p) -> None:
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                    help="bf16 autocast; default: on for CUDA GPUs of compute capability 8.0 or newer and for "
                         "CPUs with AMX/AVX512-BF16 (2.4x faster training measured here), off elsewhere")
-    p.add_argument("--eval-every", type=int, default=5, help="evaluate every this many epochs (and after the last)")
-    p.add_argument("--save-every", type=int, default=5, help="save checkpoint<epoch>.tar every this many epochs")
+    p.add_argument("--eval-every", type=int, default=None,
+                   help="evaluate every this many epochs, and after the last (default: 5; exact age: 1)")
+    p.add_argument("--save-every", type=int, default=None,
+                   help="save checkpoint<epoch>.tar every this many epochs (default: 5; exact age: 7)")
     p.add_argument("--resume", nargs="?", const="last", default=None, metavar="PATH",
                    help="continue a run: from checkpoint_last.tar of --checkpoint-dir, or from PATH")
     p.add_argument("--test-only", action="store_true",
@@ -149,29 +171,11 @@ def add_run_args(p) -> None:
                    help="use at most this many images per class and split (quick experiments)")
     p.add_argument("--dry-run", action="store_true", help="one epoch of two batches: check that everything runs")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-def task_name(args) -> str:
-    if args.task:
-        if args.age and args.task != "age":
-            raise ds.DatasetError(f"-a means --task age, not --task {args.task}")
-        return args.task
-    return "age" if args.age else "gender"
-
-
-def resolve_defaults(args, name: str) -> None:
-    """Check the flags and fill in the per-task defaults, in place."""
-    ordinal = name == "exact-age"
-    if args.dry_run:
-        args.epochs = 1
-    for opt in ("batch_size", "epochs", "eval_every", "save_every", "lr_step"):
-        if getattr(args, opt) < 1:
-            raise ds.DatasetError(f"--{opt.replace('_', '-')} must be at least 1, got {getattr(args, opt)}")
-    args.arch = args.arch or ("resnet34" if ordinal else "levi_hassner")
-    args.dataset = args.dataset or ("utkface" if ordinal else "imagefolder")
-    args.optimizer = args.optimizer or ("sgd" if args.sgd else "adam")
-    if args.ema_epochs is None:
-        args.ema_epochs = 0.0 if ordinal else 5.0
+    p.add_argument("--overwrite", action="store_true",
+                   help="start a new run in a --checkpoint-dir that holds another run: its files are replaced "
+                        "once the new run saves its first checkpoint (default: refuse; --resume continues it)")
+    p.add_argument("--resume-anyway", action="store_true",
+                   help="--resume even though the data changed since the checkpoint (default: refuse)")
 
 
 def make_preset(args) -> ds.Preset:
@@ -186,7 +190,7 @@ def make_preset(args) -> ds.Preset:
 
 def load_data(sel: ds.Selection, preset: ds.Preset, mode: str, workers: int, rank: int, args, out: Path, log):
     """Decode (or check) the three splits; report unreadable images. -> (train, val, test)."""
-    progress = rank == 0 and not args.no_progress
+    progress = show_progress(args.no_progress, rank)
     train_data, bad = ds.build_split(sel.train, preset, mode, workers, progress)
     test_data, bad_test = ds.build_split(sel.test, preset, mode, workers, progress)
     val_data, bad_val = ds.build_split(sel.val, preset, mode, workers, progress) if sel.val else (test_data, [])
@@ -209,7 +213,8 @@ def make_task(args, name: str, classes: list, train_targets: torch.Tensor):
     """-> (task, model_args): the loss and metrics, and the network's arguments."""
     if name == "exact-age":
         k = len(classes)
-        weights = losses.task_importance_weights(train_targets, k) if args.imp_weight else None
+        weights = losses.task_importance_weights(train_targets, k) if args.imp_weight and train_targets is not None \
+            else None
         task = OrdinalTask(args.loss, k, int(classes[0]), weights, args.ce_mode)
         return task, {"arch": args.arch, "num_outputs": losses.head_output_size(args.loss, k),
                       "dropout": args.dropout, "head": args.loss, "num_ranks": k}
@@ -222,6 +227,7 @@ def make_model(args, model_args: dict, task, classes: list, train_targets, devic
     model = build_model(**model_args).to(device)
     if args.init_from:
         source = load_checkpoint(args.init_from)
+        check_finite_weights(source["model_state"], args.init_from)
         fresh = transfer_weights(model, source, args.init_from, args.arch, classes, output_layer_names(model))
         log(f"initialised from {args.init_from} ({source.get('task')}, classes {source.get('classes')}); "
             f"own initialisation kept for: {', '.join(sorted(fresh)) or 'nothing'}")
@@ -233,59 +239,95 @@ def make_model(args, model_args: dict, task, classes: list, train_targets, devic
     return model.to(memory_format=torch.channels_last)
 
 
-def main(args) -> dict:
-    name = task_name(args)
-    resolve_defaults(args, name)
-    out = Path(args.checkpoint_dir or Path("checkpoints") / name)
+def start_runtime(args) -> dict:
+    """Device, processes, threads and decode workers of this run."""
     device = resolve_device(args.device)
     if args.amp is None:
         args.amp = bf16_is_fast(device)
     rank, world = init_distributed(device)
-    log = print if rank == 0 else (lambda *a, **k: None)
     default_workers = configure_threads(args.threads, world)
-    workers = default_workers if args.workers is None else args.workers
-    torch.manual_seed(args.seed)
-    if rank == 0:
-        check_writable(out, need_bytes=200 << 20)
-    preset = make_preset(args)
-    sel = ds.select_samples(args, name)
-    n_all = len(sel.train) + len(sel.val or []) + len(sel.test)
-    mode, why = ds.choose_cache_mode(args.cache, n_all, preset.resize)
+    return {"device": device, "rank": rank, "world": world,
+            "workers": default_workers if args.workers is None else args.workers,
+            "log": print if rank == 0 else (lambda *a, **k: None)}
+
+
+def describe_run(name: str, sel: ds.Selection, preset: ds.Preset, mode: str, why: str, args, env) -> str:
     what = f"ages {sel.classes[0]}-{sel.classes[-1]} ({len(sel.classes)} ranks), loss {args.loss}" \
         if name == "exact-age" else f"{len(sel.classes)} classes {sel.classes}"
-    log(f"{name}: {what}; {args.arch} {preset.crop}x{preset.crop}; train {len(sel.train)}, "
-        f"val {len(sel.val) if sel.val else '(test)'}, test {len(sel.test)}; "
-        f"data: {mode} ({why}); device {device}{' bf16' if args.amp else ''}, {world} process(es), "
-        f"{torch.get_num_threads()} threads each")
+    return (f"{name}: {what}; {args.arch} {preset.crop}x{preset.crop}; train {len(sel.train)}, "
+            f"val {len(sel.val) if sel.val else '(test)'}, test {len(sel.test)}; "
+            f"data: {mode} ({why}); device {env['device']}{' bf16' if args.amp else ''}, "
+            f"{env['world']} process(es), {torch.get_num_threads()} threads each")
+
+
+def base_context(name: str, task, classes: list, preset: ds.Preset, mode: str, model_args: dict, env) -> dict:
+    """What evaluation needs to know about the run (training adds its own entries)."""
+    return {"task_name": name, "task": task, "classes": classes, "device": env["device"], "preset": preset,
+            "rank": env["rank"], "world": env["world"], "workers": env["workers"] if mode == "stream" else 0,
+            "model_args": model_args, "num_outputs": model_args["num_outputs"], "channels_last": True}
+
+
+def evaluate_checkpoint(args, name: str, out: Path, source: Path, env) -> dict:
+    """--test-only: the checkpoint on the test split, as it was trained (no training data read)."""
+    ckpt = load_checkpoint(source)
+    preset = ds.Preset.from_dict(ckpt["preprocess"])
+    sel = ds.select_samples(args, name, classes=list(ckpt["classes"]))
+    mode, why = ds.choose_cache_mode(args.cache, len(sel.test), preset.resize)
+    env["log"](describe_run(name, sel, preset, mode, why, args, env))
+    test_data, bad = ds.build_split(sel.test, preset, mode, env["workers"], False)
+    if env["rank"] == 0:
+        ds.report_bad(bad, out, args.strict, env["log"])
+    task, model_args = make_task(args, name, sel.classes, None)
+    model = build_model(**ckpt["model_args"]).to(env["device"]).to(memory_format=torch.channels_last)
+    ctx = base_context(name, task, sel.classes, preset, mode, ckpt["model_args"], env)
+    ran_on = (ckpt.get("args") or {}).get("val_split", 0.1)
+    ctx["selected_on"] = "validation split" if ran_on else "test split (--val-split 0)"
+    summary = trainer.test_best(model, test_data, source, args, ctx, out, env["log"])
+    shutdown_distributed()
+    return summary
+
+
+def main(args, given: set[str] | None = None) -> dict:
+    """Train (or with --resume continue, with --test-only evaluate) and test once.
+    ``given``: the flags the user set (default: those that differ from the parser's defaults)."""
+    given = settings.given_flags(args, get_args_parser()) if given is None else given
+    run_folder.use_temporary_folder(args)
+    name, out, source = settings.resolve(args, given)
+    validate_args(args)
+    env = start_runtime(args)
+    log, rank, world = env["log"], env["rank"], env["world"]
+    torch.manual_seed(args.seed)
+    stale = run_folder.claim(out, args) if rank == 0 else []  # writable, locked, no other run replaced
+    if args.test_only:
+        return evaluate_checkpoint(args, name, out, source, env)
+    preset = make_preset(args)
+    sel = ds.select_samples(args, name)
+    run_folder.check_outside_data(out, sel)
+    mode, why = ds.choose_cache_mode(args.cache, len(sel.train) + len(sel.val or []) + len(sel.test), preset.resize)
+    log(describe_run(name, sel, preset, mode, why, args, env))
     if sel.problems and rank == 0:
         ds.write_bad_list(sel.problems, out / "label_problems.csv")
         log(f"warning: {len(sel.problems)} row(s) or file name(s) without a usable label, listed in "
             f"{out / 'label_problems.csv'}")
-    train_data, val_data, test_data = load_data(sel, preset, mode, workers, rank, args, out, log)
+    train_data, val_data, test_data = load_data(sel, preset, mode, env["workers"], rank, args, out, log)
     task, model_args = make_task(args, name, sel.classes, train_data.targets)
-    model = make_model(args, model_args, task, sel.classes, train_data.targets, device, log)
+    model = make_model(args, model_args, task, sel.classes, train_data.targets, env["device"], log)
     steps = steps_per_epoch(len(train_data), args, world)
     optimizer = make_optimizer(model, args)
     scheduler = make_scheduler(optimizer, args, steps)
-    ctx = {"task_name": name, "task": task, "classes": sel.classes, "device": device, "preset": preset,
-           "rank": rank, "world": world, "workers": workers if mode == "stream" else 0, "model_args": model_args,
-           "num_outputs": model_args["num_outputs"], "channels_last": True, "stopper": Stopper(),
+    ctx = {**base_context(name, task, sel.classes, preset, mode, model_args, env), "stopper": Stopper(),
            "aug_gen": torch.Generator().manual_seed(args.seed * 7919 + rank),
            "best": {"value": None, "metric": task.select_metric, "epoch": 0},
            "selected_on": "validation split" if sel.val else "test split (--val-split 0)",
-           "ema": make_ema(model, args.ema_epochs, steps) if args.ema_epochs > 0 else None}
+           "ema": make_ema(model, args.ema_epochs, steps) if args.ema_epochs > 0 else None,
+           "stale": stale, "data_fingerprint": run_folder.data_fingerprint(sel)}
     state = {"epoch": 0, "next_batch": 0, "running": None, "iter_losses": []}
-    history: list[dict] = []
-    if args.resume and not args.test_only:
-        path = trainer.latest_checkpoint(out) if args.resume == "last" else Path(args.resume)
-        history = trainer.resume(path, model, optimizer, scheduler, state, ctx, args, log)
+    history = trainer.resume(source, model, optimizer, scheduler, state, ctx, args, log) if source else []
     if world > 1:
+        device = env["device"]
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if not args.test_only:
-        trainer.train_loop(model, optimizer, scheduler, train_data, val_data, state, history, ctx, args, out, log)
-    test_only_path = args.test_only and args.resume and args.resume != "last"
-    best_path = Path(args.resume) if test_only_path else out / "model_best.tar"
-    summary = trainer.test_best(model, test_data, best_path, args, ctx, out, log)
+    trainer.train_loop(model, optimizer, scheduler, train_data, val_data, state, history, ctx, args, out, log)
+    summary = trainer.test_best(model, test_data, out / "model_best.tar", args, ctx, out, log)
     shutdown_distributed()
     return summary
 
@@ -293,13 +335,19 @@ def main(args) -> dict:
 def cli(argv=None) -> int:
     args = get_args_parser().parse_args(argv)
     try:
-        main(args)
-    except (ds.DatasetError, CheckpointError, DeviceError) as e:
+        main(args, settings.flags_on_command_line(get_args_parser(), argv))
+    except (ds.DatasetError, CheckpointError, DeviceError, ArgumentError, run_folder.RunFolderError,
+            TrainingDiverged) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except OSError as e:
         print(f"error: {e.strerror or e}: {e.filename or ''}".rstrip(": "), file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # before training started (or after it ended): nothing to save
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        run_folder.release_locks()
     return 0
 
 

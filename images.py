@@ -1,8 +1,11 @@
 """Finding and opening images safely, and the one decode step of every pipeline.
 
+* ``list_images`` / ``walk_files`` find files at any depth, following each
+  real folder once (symlink loops and links back up the tree are skipped) down
+  to ``MAX_DEPTH`` levels.
 * ``load_rgb`` opens any image safely (EXIF orientation, RGBA/LA/P/16-bit/CMYK,
-  decompression bombs refused, truncated or fake files reported, never raised
-  mid-epoch).
+  decompression bombs, extreme aspect ratios and any decoder failure reported
+  as a BadImageError, never raised mid-epoch).
 * ``decode_resized`` turns it into a uint8 (3, R, R) tensor: the shorter side
   resized to R (256 for the Levi-Hassner network), then the central R x R
   square. Training caches the result in memory, so every image is decoded
@@ -23,6 +26,12 @@ IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".g
 # Refuse anything larger than this many pixels before decoding it: a 100 kB
 # PNG can claim 50,000 x 50,000 pixels and would need 7.5 GB once decoded.
 MAX_IMAGE_PIXELS = 40_000_000
+# A 475-byte PNG of 1 x 100,000 pixels passes the pixel limit, and resizing its
+# shorter side to 256 would make it 256 x 25.6M: refuse such shapes outright.
+MAX_ASPECT = 20
+# Folders nested deeper than this below an input are an error (a generated or
+# looping tree), not something to walk.
+MAX_DEPTH = 64
 
 # PIL must not silently pad truncated JPEGs with grey; we want to know.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -31,6 +40,10 @@ Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
 
 class BadImageError(Exception):
     """One image could not be used; the message says why."""
+
+
+class DatasetError(Exception):
+    """A structural problem with a dataset: the message says how to fix it."""
 
 
 def is_hidden(name: str) -> bool:
@@ -45,15 +58,77 @@ def is_image_file(path: str | os.PathLike) -> bool:
 
 def list_images(root: str | os.PathLike) -> list[Path]:
     """Every image file under ``root`` at any depth, sorted, hidden ones skipped."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not is_hidden(d))
-        found.extend(Path(dirpath) / f for f in filenames if is_image_file(f))
+    return walk_files(root, is_image_file)
+
+
+def _contains(outer: str, inner: str) -> bool:
+    """Whether real path ``inner`` is ``outer`` or lies below it."""
+    return os.path.commonpath([outer, inner]) == outer
+
+
+def walk_files(root: str | os.PathLike, keep) -> list[Path]:
+    """Every file under ``root`` whose name passes ``keep(name)``, at any depth, sorted.
+
+    Hidden folders are skipped. Symlinked folders are followed (users link
+    data folders in), but each real folder is walked once, and a link to a
+    folder that contains the one it sits in (``ln -s .. back``: a loop, which
+    would also pull sibling classes in) is skipped. A tree deeper than
+    MAX_DEPTH levels raises DatasetError. Unreadable folders are skipped, as
+    os.walk does.
+    """
+    root = Path(root)
+    found, seen = [], set()
+    stack = [(root, (os.path.realpath(root),))]  # (folder, real paths of it and its parents)
+    while stack:
+        folder, chain = stack.pop()
+        try:
+            st = os.stat(folder)
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) in seen:
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        subdirs = []
+        for e in entries:
+            if is_hidden(e.name):
+                continue
+            try:
+                is_dir = e.is_dir()  # follows symlinks
+            except OSError:
+                continue
+            if not is_dir:
+                if keep(e.name):
+                    found.append(Path(e.path))
+                continue
+            real = os.path.realpath(e.path)
+            if any(_contains(real, c) for c in chain):
+                continue  # a link back up the tree
+            if len(chain) > MAX_DEPTH:
+                raise DatasetError(f"folder {root} is nested more than {MAX_DEPTH} levels deep "
+                                   f"(at ...{e.path[-60:]!r}): flatten it or pass a deeper folder")
+            subdirs.append((Path(e.path), chain + (real,)))
+        stack.extend(reversed(subdirs))
     return sorted(found)
+
+
+def check_image_size(w: int, h: int) -> None:
+    """Raise BadImageError for a size no pipeline should decode or resize:
+    degenerate, over MAX_IMAGE_PIXELS, or longer than MAX_ASPECT times its width."""
+    if min(w, h) < 1:
+        raise BadImageError(f"degenerate size {w}x{h}")
+    if w * h > MAX_IMAGE_PIXELS:
+        raise BadImageError(f"refused: {w}x{h} pixels is over the {MAX_IMAGE_PIXELS:,} pixel limit")
+    if max(w, h) > MAX_ASPECT * min(w, h):
+        raise BadImageError(f"refused: {w}x{h} pixels is more than {MAX_ASPECT} times longer than wide")
 
 
 def load_rgb(path: str | os.PathLike, min_side: int | None = None) -> Image.Image:
     """Open an image as 8-bit RGB, or raise BadImageError saying why.
+
+    Any failure of the decoders (a mistyped EXIF or TIFF tag raises struct.error
+    or TypeError deep inside PIL) is this file's problem, reported with the
+    exception's type; only KeyboardInterrupt and SystemExit go through.
 
     min_side: when given, JPEGs are decoded at the smallest DCT scale whose
     shorter side is still >= min_side (``Image.draft``): a 500 px face that
@@ -68,10 +143,7 @@ def load_rgb(path: str | os.PathLike, min_side: int | None = None) -> Image.Imag
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 w, h = img.size
-                if w * h > MAX_IMAGE_PIXELS:
-                    raise BadImageError(f"refused: {w}x{h} pixels is over the {MAX_IMAGE_PIXELS:,} pixel limit")
-                if min(w, h) < 1:
-                    raise BadImageError(f"degenerate size {w}x{h}")
+                check_image_size(w, h)
                 if min_side and img.format == "JPEG":
                     scale = min(w, h) / min_side
                     if scale >= 2:
@@ -88,7 +160,16 @@ def load_rgb(path: str | os.PathLike, min_side: int | None = None) -> Image.Imag
     except Image.UnidentifiedImageError:
         raise BadImageError("not an image (unrecognised format)") from None
     except (OSError, SyntaxError, ValueError) as e:  # truncated data, broken headers
-        raise BadImageError(f"cannot decode: {e}") from None
+        raise BadImageError(f"cannot decode: {_first_line(e)}") from None
+    except MemoryError:
+        raise BadImageError("cannot decode: out of memory") from None
+    except Exception as e:  # noqa: BLE001 - struct.error, TypeError, ... from a crafted file
+        raise BadImageError(f"cannot decode ({type(e).__name__}: {_first_line(e)})") from None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:160] if text else type(e).__name__
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -121,6 +202,9 @@ def resize_square(img: Image.Image, size: int) -> Image.Image:
     w, h = img.size
     scale = size / min(w, h)
     nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    if nw * nh > MAX_IMAGE_PIXELS:
+        raise BadImageError(f"refused: {w}x{h} pixels would be resized to {nw}x{nh}, over the "
+                            f"{MAX_IMAGE_PIXELS:,} pixel limit")
     if (nw, nh) != (w, h):
         img = img.resize((nw, nh), Image.BILINEAR, reducing_gap=None)
     left, top = (nw - size) // 2, (nh - size) // 2

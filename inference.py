@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import functools
 import itertools
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,7 +14,8 @@ from PIL import Image
 
 import faces
 from datasets import load_all
-from images import IMG_EXTENSIONS, is_hidden, list_images, load_rgb, pil_to_uint8_tensor, resize_square
+from images import (IMG_EXTENSIONS, BadImageError, is_hidden, is_image_file, load_rgb, pil_to_uint8_tensor,
+                    resize_square, walk_files)
 from predictor import Predictor
 from samples import DatasetError
 
@@ -66,7 +66,9 @@ def find_regions(img: Image.Image, mode: str, detector, size: int,
         return [whole_image(img, size)]
     if not found:
         return [Region(None, None, None, "no face found", None)]
-    return [Region(i, f.box, f.score, "detector",
+    # the crop is framed on the detector's own box (it may reach past the image edge, as the face
+    # does); the box reported is clipped to the image
+    return [Region(i, faces.clip_box(f.box, img.size), f.score, "detector",
                    resize_square(faces.crop_face(img, faces.crop_square(f.box, detector.geometry)), size))
             for i, f in enumerate(found)]
 
@@ -79,9 +81,13 @@ def image_units(paths: list[str], mode: str, detector, workers: int, keep_image:
     for i, img, err in load_all(paths, functools.partial(load_rgb, min_side=min_side), workers):
         if img is None:
             yield Unit(paths[i], error=err)
-        else:
-            yield Unit(paths[i], image=img if keep_image else None,
-                       regions=find_regions(img, mode, detector, resize, detect_size))
+            continue
+        try:
+            regions = find_regions(img, mode, detector, resize, detect_size)
+        except BadImageError as e:  # resize_square's pixel limit
+            yield Unit(paths[i], error=str(e))
+            continue
+        yield Unit(paths[i], image=img if keep_image else None, regions=regions)
 
 
 def video_units(path: str, every: int, mode: str, detector, keep_frames: bool, resize: int,
@@ -99,12 +105,9 @@ def video_units(path: str, every: int, mode: str, detector, keep_frames: bool, r
         yield Unit(path, error=str(e))
 
 
-def _list_videos(root: Path) -> list[Path]:
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = [d for d in dirnames if not is_hidden(d)]
-        found += [Path(dirpath) / f for f in filenames if not is_hidden(f) and faces.is_video(f)]
-    return found
+def is_input_file(name: str) -> bool:
+    """An image or a video (not hidden): what a folder given to predict.py is searched for."""
+    return is_image_file(name) or (not is_hidden(name) and faces.is_video(name))
 
 
 def collect_inputs(inputs: list[str]) -> list[str]:
@@ -114,7 +117,7 @@ def collect_inputs(inputs: list[str]) -> list[str]:
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            found = sorted(list_images(p) + _list_videos(p))
+            found = walk_files(p, is_input_file)
             if not found:
                 raise DatasetError(f"folder {p} has no images ({', '.join(IMG_EXTENSIONS[:4])}, ...) "
                                       f"or videos ({', '.join(faces.VIDEO_EXTENSIONS[:2])}, ...)")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 from pathlib import Path
 
@@ -53,7 +54,8 @@ def plot_curves(epochs: list[dict], keys: dict, path, ylabel: str, title: str) -
     ax.set_xlabel("epoch")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
-    ax.legend()
+    if ax.get_legend_handles_labels()[0]:  # a run stopped before its first evaluation has no curve yet
+        ax.legend()
     ax.grid(alpha=0.3)
     _save(fig, path)
 
@@ -88,13 +90,31 @@ def plot_scatter(true: list, pred: list, path, title: str) -> None:
     _save(fig, path)
 
 
+def finite_or_none(obj):
+    """``obj`` with every NaN or infinite float (in nested dicts, lists and
+    tuples) replaced by None: JSON has no NaN, and a reader that follows the
+    standard refuses Python's ``NaN`` and ``Infinity``."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_or_none(v) for v in obj]
+    return obj
+
+
+def to_json(obj, **kwargs) -> str:
+    """Standard JSON: non-finite numbers become null (never NaN or Infinity)."""
+    return json.dumps(finite_or_none(obj), allow_nan=False, sort_keys=True, **kwargs)
+
+
 def write_jsonl(records: list[dict], path) -> None:
     """The whole metrics log, rewritten atomically (it is small)."""
-    atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+    atomic_write_text(path, "".join(to_json(r) + "\n" for r in records))
 
 
 def write_json(obj, path) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(path, to_json(obj, indent=2) + "\n")
 
 
 def ensure_dir(path) -> Path:

@@ -26,6 +26,8 @@ when any input failed (2 for a usage problem).
 from __future__ import annotations
 
 import argparse
+import io
+import os
 import sys
 from pathlib import Path
 
@@ -34,7 +36,8 @@ from checkpointing import CheckpointError, expect
 from datasets import TASK_DATA
 from images import is_hidden
 from inference import all_units, collect_inputs, predict_units
-from prediction_output import Annotator, face_label, format_records, is_located, strip_location, unit_records
+from prediction_output import (Annotator, OutputError, RecordStream, SafeWriter, face_label, printable,
+                               unit_records)
 from predictor import load_predictor
 from runtime import DeviceError, bf16_is_fast, resolve_device, usable_cores
 from samples import DatasetError
@@ -125,41 +128,64 @@ def main(args) -> int:
     annotator = Annotator(args.annotate, paths) if args.annotate else None
     workers = args.workers if args.workers is not None else min(8, usable_cores())
     resize = max(p.preset.resize for p in predictors.values())
-
-    records, failed = [], 0
+    # face index and box columns: always with detection or videos, never without; --detect auto
+    # decides on the first face the detector finds (RecordStream holds whole images until then)
+    located = True if args.detect == "on" or any(faces.is_video(p) for p in paths) else \
+        (False if args.detect == "off" else None)
+    fmt = "json" if args.json else "csv" if args.csv else "text"
+    stream = RecordStream(SafeWriter(sys.stdout), fmt, predictors, paths, located)
     units = all_units(paths, args, detector, workers, resize)
-    try:
-        for unit, results in predict_units(units, predictors, args.batch_size, args.tta,
-                                           max_pending=8 if annotator else 256):
-            if unit.error is not None:
-                failed += 1
-                print(f"error: {unit.file}: {unit.error}", file=sys.stderr)
-                continue
-            if unit.sampled:
-                records += unit_records(unit, results, predictors)
-            if annotator:
-                annotator.add(unit, [(g.box, face_label(r, predictors))
-                                     for g, r in zip(unit.regions, results) if g.box is not None])
-    finally:
-        if annotator:
-            annotator.close()
-    if records:
-        if not is_located(records):
-            records = strip_location(records)
-        sys.stdout.write(format_records(records, args.json, args.csv, predictors))
+    failed = predict_all(predict_units(units, predictors, args.batch_size, args.tta,
+                                       max_pending=8 if annotator else 256), predictors, stream, annotator)
     if failed:
         print(f"error: {failed} of {len(paths)} input(s) could not be read", file=sys.stderr)
         return 1
     return 0
 
 
+def predict_all(predicted, predictors: dict, stream: RecordStream, annotator: Annotator | None) -> int:
+    """Print the records of each (unit, results) of ``predicted`` as it comes and annotate it;
+    report unreadable inputs on stderr. Returns their number. After an error or an interrupt the
+    records so far are still printed and no half-written annotated file is left."""
+    failed = 0
+    try:
+        for unit, results in predicted:
+            if unit.error is not None:
+                failed += 1
+                print(f"error: {printable(unit.file)}: {printable(unit.error)}", file=sys.stderr)
+                continue
+            if unit.sampled:
+                stream.add(unit_records(unit, results, predictors))
+            if annotator:
+                annotator.add(unit, [(g.box, face_label(r, predictors))
+                                     for g, r in zip(unit.regions, results) if g.box is not None])
+    except BaseException:
+        if annotator:
+            annotator.abort()
+        raise
+    finally:
+        stream.close()
+    if annotator:
+        annotator.close()
+    return failed
+
+
 def cli(argv=None) -> int:
     args = get_args_parser().parse_args(argv)
     try:
         return main(args)
-    except (DatasetError, CheckpointError, DeviceError, faces.FaceError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (DatasetError, CheckpointError, DeviceError, faces.FaceError, OutputError) as e:
+        print(f"error: {printable(e)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("error: interrupted; the results printed above are complete", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # the reader went away (predict.py ... | head): stop quietly
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+            pass
+        return 1
 
 
 if __name__ == "__main__":

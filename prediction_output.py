@@ -1,5 +1,13 @@
 """What prediction writes: records (one per face, with every model's fields)
-as text, JSON or CSV, and annotated copies of the images and videos.
+streamed as text, JSON or CSV while units finish, and annotated copies of the
+images and videos.
+
+Hostile names are made harmless: text output escapes control characters
+(a newline in a file or class name cannot forge a result line) and bytes that
+are not UTF-8; CSV text cells that a spreadsheet would run as a formula get a
+leading quote; stdout with any encoding gets backslash escapes instead of a
+UnicodeEncodeError. Annotated files never replace a file this run did not
+write, and are written atomically.
 """
 from __future__ import annotations
 
@@ -7,16 +15,60 @@ import csv
 import io
 import json
 import os
+import sys
+import tempfile
+import textwrap
+import unicodedata
 from pathlib import Path
 
 from PIL import Image
 
 import faces
+from checkpointing import atomic_write
 from inference import Unit
 from predictor import Predictor
-from samples import DatasetError
 
 ANNOTATE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+FORMULA_START = ("=", "+", "-", "@")  # a spreadsheet runs a cell starting with these
+MAX_FILE_WIDTH = 60  # text output pads file names up to this many characters
+
+
+class OutputError(Exception):
+    """An output (stdout, an annotated file) cannot be written; the message says which and why."""
+
+
+def printable(text) -> str:
+    """``text`` safe on one line of output: newlines, tabs and other control characters as
+    backslash escapes (\\n, \\x1b), bytes of a file name that are not UTF-8 (surrogateescape)
+    as \\xNN, bidirectional overrides as \\uNNNN."""
+    text = str(text)
+    if text.isprintable():
+        return text
+    out = []
+    for ch in text:
+        o = ord(ch)
+        if 0xDC80 <= o <= 0xDCFF:
+            out.append(f"\\x{o - 0xDC00:02x}")
+        elif ch in "\n\r\t":
+            out.append(repr(ch)[1:-1])
+        elif unicodedata.category(ch) in ("Cc", "Cs", "Zl", "Zp") or ch in BIDI_CONTROLS:
+            out.append(f"\\x{o:02x}" if o < 0x100 else f"\\u{o:04x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def csv_text(value: str) -> str:
+    """A CSV text cell (file name, label): ``printable``, and quoted with a leading ' when a
+    spreadsheet would take it for a formula (numbers such as -0.5 stay as they are)."""
+    value = printable(value)
+    if value.startswith(FORMULA_START):
+        try:
+            float(value)
+        except ValueError:
+            return "'" + value
+    return value
 
 
 def field_names(p: Predictor, single: bool) -> tuple[str, str | None, str | None]:
@@ -58,78 +110,166 @@ def unit_records(unit: Unit, results: list, predictors: dict) -> list[dict]:
 LOCATION_KEYS = ("face", "box", "score", "source")
 
 
-def is_located(records: list[dict]) -> bool:
-    """Whether face locations matter: something came from the detector, or a video."""
-    return any(r["source"] != "whole image" or "frame" in r for r in records)
-
-
-def strip_location(records: list[dict]) -> list[dict]:
-    return [{k: v for k, v in r.items() if k not in LOCATION_KEYS} for r in records]
-
-
 def flat_row(r: dict) -> dict:
-    """A record as CSV cells: box -> x0,y0,x1,y1; <prefix>probabilities -> <prefix>p_<class>."""
+    """A record as CSV cells: box -> x0,y0,x1,y1; <prefix>probabilities -> <prefix>p_<class>;
+    text cells through ``csv_text``."""
     out = {}
     for k, v in r.items():
         if k == "box":
             out.update(zip(("x0", "y0", "x1", "y1"), v or ["", "", "", ""]))
         elif k.endswith("probabilities"):
             pre = k[: -len("probabilities")]
-            out.update({f"{pre}p_{c}": f"{x:.4f}" for c, x in v.items()})
+            out.update({f"{pre}p_{printable(c)}": f"{x:.4f}" for c, x in v.items()})
         elif k.endswith("probability"):
             out[k] = f"{v:.4f}"
         else:
-            out[k] = "" if v is None else v
+            out[k] = "" if v is None else csv_text(v) if isinstance(v, str) else v
     return out
 
 
 def model_cell(r: dict, p: Predictor, single: bool) -> str:
     """'male 0.973' or '27': one model's result in a record, for text output."""
     label, prob, _ = field_names(p, single)
-    return str(r[label]) if prob is None else f"{r[label]} {r[prob]:.3f}"
+    return printable(r[label]) if prob is None else f"{printable(r[label])} {r[prob]:.3f}"
 
 
-def text_table(records: list[dict], predictors: dict) -> str:
-    """A readable table with a header: file, [frame, time], [face, box], one column per model."""
-    single = len(predictors) == 1
-    frames = any("frame" in r for r in records)
-    located = "face" in records[0]
-    rows = [["file"] + (["frame", "time"] if frames else []) + (["face", "box"] if located else [])
-            + [field_names(p, single)[0] if p.ordinal is not None else p.key for p in predictors.values()]]
-    for r in records:
-        row = [r["file"]]
-        if frames:
-            row += [str(r.get("frame", "")), "" if r.get("time") is None else f"{r['time']:.3f}"]
-        if located:
-            row += ["-" if r["face"] is None else str(r["face"]), ",".join(map(str, r["box"] or [])) or "-"]
-        if located and r["source"] == "no face found":
-            row.append("(no face found)")
+class SafeWriter:
+    """Writes text to ``stream`` (stdout) and flushes it, so records appear as units finish.
+    Characters the stream's encoding lacks become backslash escapes; any other OSError
+    (a full disk) is an OutputError."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text: str) -> None:
+        try:
+            try:
+                self.stream.write(text)
+            except UnicodeEncodeError:  # nothing was written: the text is encoded first
+                enc = getattr(self.stream, "encoding", None) or "ascii"
+                self.stream.write(text.encode(enc, "backslashreplace").decode(enc))
+            self.stream.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as e:
+            raise OutputError(f"cannot write the results ({e.strerror or e})") from None
+
+
+class RecordStream:
+    """Prints records as they come, in one layout for the whole run.
+
+    fmt "text": ``file label probability`` lines (``file age``) for one model on whole images,
+    else a table with a header, in fixed-width columns (the file column as wide as the longest
+    input name, at most MAX_FILE_WIDTH); "csv": a header, then one row per record; "json": a
+    list of records, closed by ``close``. ``located`` (face index and box columns) is known up
+    front, or None (--detect auto): whole-image records are then held until a detected face
+    makes the table necessary, or until ``close`` prints them without locations.
+    """
+
+    def __init__(self, out: SafeWriter, fmt: str, predictors: dict, paths: list[str], located: bool | None):
+        self.out, self.fmt, self.predictors, self.located = out, fmt, predictors, located
+        self.single = len(predictors) == 1
+        self.frames = any(faces.is_video(p) for p in paths)
+        self.width = min(max([len(printable(p)) for p in paths] + [4]), MAX_FILE_WIDTH)
+        self.held, self.count, self._widths = [], 0, []
+
+    def add(self, records: list[dict]) -> None:
+        if self.located is None:
+            if all(r["source"] == "whole image" for r in records):
+                self.held += records
+                return
+            self.located = True
+        self._print(self.held + records)
+        self.held = []
+
+    def close(self) -> None:
+        """Print what is held (after an interrupt too) and close a JSON list."""
+        if self.located is None:
+            self.located = False
+        self._print(self.held)
+        self.held = []
+        if self.fmt == "json" and self.count:
+            self.out.write("\n]\n")
+
+    def _print(self, records: list[dict]) -> None:
+        if not records:
+            return
+        parts = [] if self.count else [self._header()]
+        for r in records:
+            if not self.located:
+                r = {k: v for k, v in r.items() if k not in LOCATION_KEYS}
+            parts.append(self._format(r))
+            self.count += 1
+        self.out.write("".join(parts))
+
+    def _plain(self) -> bool:
+        return self.single and not self.located
+
+    def _header(self) -> str:
+        self._widths = [w for _, w in self._text_columns()]  # the layout is final from the first record on
+        if self.fmt == "json":
+            return "[\n"
+        if self.fmt == "csv":
+            return self._csv_line(self._csv_columns())
+        return "" if self._plain() else self._text_line([name for name, _ in self._text_columns()])
+
+    def _format(self, r: dict) -> str:
+        if self.fmt == "json":
+            return ("" if self.count == 0 else ",\n") + textwrap.indent(json.dumps(r, indent=2), "  ")
+        if self.fmt == "csv":
+            row = flat_row(r)
+            return self._csv_line([row.get(c, "") for c in self._csv_columns()])
+        file = printable(r["file"]).ljust(self.width)
+        if self._plain():
+            (p,) = self.predictors.values()
+            return f"{file}  {r['age']}\n" if p.ordinal is not None else \
+                f"{file}  {printable(r['label']):<10} {r['probability']:.3f}\n"
+        cells = [r["file"]]
+        if self.frames:
+            cells += [r.get("frame", ""), "" if r.get("time") is None else f"{r['time']:.3f}"]
+        if self.located:
+            cells += ["-" if r["face"] is None else r["face"], ",".join(map(str, r["box"] or [])) or "-"]
+        if self.located and r["source"] == "no face found":
+            cells.append("(no face found)")
         else:
-            row += [model_cell(r, p, single) for p in predictors.values()]
-        rows.append(row)
-    widths = [max(len(row[i]) for row in rows if i < len(row)) for i in range(len(rows[0]))]
-    return "".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() + "\n" for row in rows)
+            cells += [model_cell(r, p, self.single) for p in self.predictors.values()]
+        return self._text_line(cells)
 
+    def _text_columns(self) -> list[tuple[str, int]]:
+        """(header, width) of the table's columns, fixed before the first row."""
+        cols = [("file", self.width)]
+        if self.frames:
+            cols += [("frame", 5), ("time", 7)]
+        if self.located:
+            cols += [("face", 4), ("box", 19)]
+        for p in self.predictors.values():
+            if p.ordinal is not None:
+                cols.append((field_names(p, self.single)[0], 5))
+            else:
+                cols.append((p.key, max(len(p.key), max(len(printable(c)) for c in p.classes) + 6)))
+        return cols
 
-def format_records(records: list[dict], as_json: bool, as_csv: bool, predictors: dict) -> str:
-    """Records -> JSON, CSV, or text: ``file label probability`` lines for one model on whole
-    images (the first predict.py's output), else a table with a header."""
-    if as_json:
-        return json.dumps(records, indent=2) + "\n"
-    if as_csv:
-        rows = [flat_row(r) for r in records]
+    def _text_line(self, cells: list) -> str:
+        widths = self._widths + [0] * len(cells)
+        return "  ".join(printable(c).ljust(w) for c, w in zip(cells, widths)).rstrip() + "\n"
+
+    def _csv_columns(self) -> list[str]:
+        cols = ["file"] + (["frame", "time"] if self.frames else [])
+        if self.located:
+            cols += ["face", "x0", "y0", "x1", "y1", "score", "source"]
+        for p in self.predictors.values():
+            label, prob, probs = field_names(p, self.single)
+            cols.append(label)
+            if prob is not None:
+                pre = probs[: -len("probabilities")]
+                cols += [prob] + [f"{pre}p_{printable(c)}" for c in p.classes]
+        return cols
+
+    @staticmethod
+    def _csv_line(cells: list) -> str:
         buf = io.StringIO()
-        w = csv.DictWriter(buf, list(dict.fromkeys(k for row in rows for k in row)), restval="")
-        w.writeheader()
-        w.writerows(rows)
+        csv.writer(buf).writerow(cells)
         return buf.getvalue()
-    if len(predictors) > 1 or "face" in records[0]:
-        return text_table(records, predictors)
-    (p,) = predictors.values()
-    width = max([len(r["file"]) for r in records] + [4])
-    if p.ordinal is not None:
-        return "".join(f"{r['file']:<{width}}  {r['age']}\n" for r in records)
-    return "".join(f"{r['file']:<{width}}  {r['label']:<10} {r['probability']:.3f}\n" for r in records)
 
 
 def face_label(result: dict | None, predictors: dict) -> str:
@@ -143,31 +283,38 @@ def face_label(result: dict | None, predictors: dict) -> str:
     return "  ".join(parts)
 
 
-def _partial(final: Path) -> Path:
-    """A hidden name beside ``final`` to write to before renaming (a crash leaves no half file)."""
-    return final.with_name(f".{final.stem}.partial{final.suffix}")
+def _warn(message: str) -> None:
+    print(message, file=sys.stderr)
 
 
 class Annotator:
     """Writes annotated copies into ``out_dir``: images as they come, videos frame by frame
-    (frames between sampled ones keep the last boxes). File names are kept; a clash gets -1, -2..."""
+    (frames between sampled ones keep the last boxes). File names are kept; a name that is
+    taken (an input, a file this run wrote, or any file already there) gets -1, -2..., and a
+    clash with a file this run did not write is reported on stderr. Every file is written to
+    a temporary name in ``out_dir`` and renamed: a failure or an interrupt leaves no half file."""
 
-    def __init__(self, out_dir: str | os.PathLike, inputs: list[str]):
-        self.out = Path(out_dir)
+    def __init__(self, out_dir: str | os.PathLike, inputs: list[str], warn=_warn):
+        self.out, self.warn = Path(out_dir), warn
         try:
             self.out.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise DatasetError(f"--annotate folder {self.out} cannot be created ({e.strerror or e})") from None
-        self.taken = {Path(p).resolve() for p in inputs}
-        self.video = None  # (input path, writer, partial path, final path, last labels)
+            raise OutputError(f"--annotate folder {printable(self.out)} cannot be created ({e.strerror or e})") from None
+        self.inputs = {Path(p).resolve() for p in inputs}
+        self.created: set[Path] = set()
+        self.video = None  # [input path, writer, temporary path, final path, last labels]
 
     def _target(self, path: str, suffix: str) -> Path:
         stem = Path(path).stem
-        target, n = self.out / f"{stem}{suffix}", 0
-        while target.resolve() in self.taken:
+        natural = target = self.out / f"{stem}{suffix}"
+        n, foreign = 0, False
+        while target.resolve() in self.inputs | self.created or os.path.lexists(target):
+            foreign = foreign or target.resolve() not in self.created
             n += 1
             target = self.out / f"{stem}-{n}{suffix}"
-        self.taken.add(target.resolve())
+        self.created.add(target.resolve())
+        if foreign:
+            self.warn(f"warning: {printable(natural)} already exists: writing {printable(target)} instead")
         return target
 
     def add(self, unit: Unit, labelled: list[tuple]) -> None:
@@ -178,26 +325,54 @@ class Annotator:
             self._finish_video()
             suffix = Path(unit.file).suffix.lower()
             target = self._target(unit.file, suffix if suffix in ANNOTATE_SUFFIXES else ".png")
-            partial = _partial(target)
-            faces.draw_faces(unit.image, labelled).save(partial, format=Image.registered_extensions()[target.suffix])
-            os.replace(partial, target)
+            self._write_image(faces.draw_faces(unit.image, labelled), target)
             return
         if self.video is None or self.video[0] != unit.file:
             self._finish_video()
-            suffix = ".avi" if unit.file.lower().endswith(".avi") else ".mp4"
-            final = self._target(unit.file, suffix)
-            partial = _partial(final)
-            self.video = [unit.file, faces.VideoWriter(partial, unit.fps or 25.0, unit.image.size), partial, final, []]
+            self._start_video(unit)
         if unit.sampled:
             self.video[4] = labelled
         self.video[1].write(faces.draw_faces(unit.image, self.video[4]))
 
+    @staticmethod
+    def _write_image(img: Image.Image, target: Path) -> None:
+        try:
+            with atomic_write(target) as f:
+                img.save(f, format=Image.registered_extensions()[target.suffix])
+        except OSError as e:
+            raise OutputError(f"cannot write {printable(target)} ({e.strerror or e})") from None
+
+    def _start_video(self, unit: Unit) -> None:
+        final = self._target(unit.file, ".avi" if unit.file.lower().endswith(".avi") else ".mp4")
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{final.stem}.", suffix=final.suffix, dir=self.out)
+            os.close(fd)
+        except OSError as e:
+            raise OutputError(f"cannot write {printable(final)} ({e.strerror or e})") from None
+        try:
+            writer = faces.VideoWriter(tmp, unit.fps or 25.0, unit.image.size)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+        self.video = [unit.file, writer, Path(tmp), final, []]
+
     def _finish_video(self) -> None:
         if self.video is not None:
-            _, writer, partial, final, _ = self.video
-            writer.close()
-            os.replace(partial, final)
+            _, writer, tmp, final, _ = self.video
             self.video = None
+            writer.close()
+            try:
+                os.replace(tmp, final)
+            except OSError as e:
+                raise OutputError(f"cannot write {printable(final)} ({e.strerror or e})") from None
 
     def close(self) -> None:
         self._finish_video()
+
+    def abort(self) -> None:
+        """Drop the video in progress (after an error or an interrupt): no half file is left."""
+        if self.video is not None:
+            _, writer, tmp, _, _ = self.video
+            self.video = None
+            writer.close()
+            tmp.unlink(missing_ok=True)

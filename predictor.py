@@ -5,57 +5,167 @@ preprocessing, ordinal decoding), turning uint8 image batches into results.
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
 import torch
 
 import losses
-from checkpointing import CheckpointError, load_checkpoint
+from checkpointing import CheckpointError, check_finite_weights, load_checkpoint
 from datasets import Preset
 from models import build_model
+from samples import AGE_RANGE
 
 ONNX_FORMAT = "1"  # version of the metadata export.py writes into ONNX files
+TASKS = ("gender", "age", "exact-age")
+SIDE_RANGE = (8, 1024)  # preprocess resize and crop, in pixels
+MAX_OUTPUTS = 10_000  # classes or ranks
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:160] if text else type(e).__name__
+
+
+class _Checker:
+    """Checks one model file's metadata; every failure is a one-line CheckpointError naming the field."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def fail(self, what: str) -> CheckpointError:
+        return CheckpointError(f"{self.path} has unusable metadata: {what}; re-export or retrain it")
+
+    def integer(self, value, what: str, lo: int, hi: int) -> int:
+        """An int, or an integral float (JSON), within lo..hi."""
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
+            and float(value).is_integer() and lo <= value <= hi
+        if not ok:
+            raise self.fail(f"{what} must be an integer {lo}-{hi}, not {value!r:.40}")
+        return int(value)
+
+    def numbers(self, value, what: str, lo: float, hi: float) -> tuple:
+        """Three finite numbers within lo..hi (a per-channel mean or std)."""
+        ok = isinstance(value, (list, tuple)) and len(value) == 3 and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and lo <= v <= hi
+            for v in value)
+        if not ok:
+            raise self.fail(f"{what} must be 3 finite numbers in [{lo}, {hi}], not {value!r:.60}")
+        return tuple(float(v) for v in value)
+
+    def preprocess(self, d) -> Preset:
+        if not isinstance(d, dict):
+            raise self.fail("no 'preprocess' settings (resize, crop, mean, std)")
+        resize = self.integer(d.get("resize"), "preprocess resize", *SIDE_RANGE)
+        crop = self.integer(d.get("crop"), "preprocess crop", SIDE_RANGE[0], resize)
+        return Preset(resize, crop, self.numbers(d.get("mean"), "preprocess mean", -10, 10),
+                      self.numbers(d.get("std"), "preprocess std", 1e-3, 10))
+
+    def ordinal(self, o, model_args: dict) -> dict:
+        if not isinstance(o, dict) or o.get("loss") not in losses.LOSSES:
+            raise self.fail(f"an exact-age model needs 'ordinal' settings with a loss among "
+                            f"{', '.join(losses.LOSSES)}")
+        out = {"loss": o["loss"], "min_age": self.integer(o.get("min_age"), "ordinal min_age", *AGE_RANGE),
+               "num_ranks": self.integer(o.get("num_ranks"), "ordinal num_ranks", 2, MAX_OUTPUTS)}
+        if o.get("ce_mode") not in (None, "argmax", "expectation"):
+            raise self.fail(f"ordinal ce_mode must be argmax or expectation, not {o.get('ce_mode')!r:.40}")
+        out["ce_mode"] = o.get("ce_mode") or "argmax"
+        if model_args.get("head") != out["loss"] or model_args.get("num_ranks") != out["num_ranks"]:
+            raise self.fail(f"model_args (head {model_args.get('head')!r:.20}, num_ranks "
+                            f"{model_args.get('num_ranks')!r:.20}) differ from the ordinal settings "
+                            f"({out['loss']}, {out['num_ranks']})")
+        return out
+
+    def classes(self, c, ordinal: dict | None) -> list:
+        ok = isinstance(c, (list, tuple)) and len(c) <= MAX_OUTPUTS and all(
+            isinstance(x, str) and 0 < len(x) <= 200 for x in c) and len(set(c)) == len(c)
+        if not ok:
+            raise self.fail(f"classes must be a list of distinct names (strings), not {c!r:.60}")
+        if ordinal is None and not c:
+            raise self.fail("a classifier names no classes")
+        if ordinal is not None and c and len(c) != ordinal["num_ranks"]:
+            raise self.fail(f"{len(c)} class names for {ordinal['num_ranks']} ranks")
+        return list(c)
+
+
+def check_metadata(info: dict, path) -> dict:
+    """What a model file declares (a checkpoint, or the metadata of an ONNX file), checked before
+    anything is built: task, classes, preprocessing, model_args and the ordinal head.
+
+    Returns {"task", "classes", "preset", "ordinal" (None for classifiers), "outputs"}: outputs is
+    the number of values the network must give per image (the classes, or the ordinal head's size).
+    Raises a one-line CheckpointError naming the first unusable field.
+    """
+    check = _Checker(path)
+    task = info.get("task")
+    if task not in TASKS:
+        raise check.fail(f"task {task!r:.40} is not one of {', '.join(TASKS)}")
+    model_args = info.get("model_args")
+    if not isinstance(model_args, dict):
+        raise check.fail("no 'model_args'")
+    preset = check.preprocess(info.get("preprocess"))
+    ordinal = check.ordinal(info.get("ordinal"), model_args) if task == "exact-age" else None
+    classes = check.classes(info.get("classes") or [], ordinal)
+    if ordinal is not None:
+        outputs = losses.head_output_size(ordinal["loss"], ordinal["num_ranks"])
+    else:
+        outputs = len(classes)
+        if model_args.get("head", "linear") != "linear" or model_args.get("num_outputs") != outputs:
+            raise check.fail(f"{outputs} class names, but model_args declares {model_args.get('num_outputs')!r:.20} "
+                             f"outputs (head {model_args.get('head', 'linear')!r:.20})")
+    return {"task": task, "classes": classes, "preset": preset, "ordinal": ordinal, "outputs": outputs}
 
 
 class Predictor:
     """A checkpoint, rebuilt and ready: uint8 (N,3,R,R) batches -> logits, probabilities, predictions.
 
     ``task`` is "gender", "age" or "exact-age"; an exact-age model has
-    ``ordinal`` = {"loss", "min_age", "num_ranks"[, "ce_mode"]} and predicts
-    min_age + losses.predict_rank(logits, loss).
+    ``ordinal`` = {"loss", "min_age", "num_ranks", "ce_mode"} and predicts
+    min_age + losses.predict_rank(logits, loss). Everything the file declares
+    is checked on load (``check_metadata``), its weights must be finite, and a
+    blank image must give ``outputs`` finite values (``_probe``).
     """
 
     def __init__(self, path: str | os.PathLike, device: torch.device, amp: bool = False):
         self.path = Path(path)
         self.ckpt = load_checkpoint(self.path)
         self._describe(self.ckpt)
+        if not isinstance(self.ckpt["model_state"], dict):
+            raise CheckpointError(f"{self.path} has no usable weights ('model_state' is not a state dict)")
+        check_finite_weights(self.ckpt["model_state"], self.path)
         try:
             model = build_model(**self.ckpt["model_args"])
             model.load_state_dict(self.ckpt["model_state"])
         except (TypeError, ValueError, RuntimeError, KeyError) as e:
-            msg = str(e).strip().splitlines()[0][:160]
-            raise CheckpointError(f"{self.path}: the weights do not fit the stored architecture ({msg})") from None
+            raise CheckpointError(f"{self.path}: the weights do not fit the stored architecture "
+                                  f"({_first_line(e)})") from None
         self.device, self.amp = device, amp
         self.model = model.to(device).eval().to(memory_format=torch.channels_last)
+        self._probe()
 
     def _describe(self, info: dict) -> None:
-        """Task, classes, preprocessing and ordinal decoding from a checkpoint-like dict."""
-        self.task = info.get("task")
-        self.classes = list(info.get("classes") or [])
+        """Task, classes, preprocessing and ordinal decoding from a checkpoint-like dict (checked)."""
+        m = check_metadata(info, self.path)
+        self.task, self.classes, self.preset = m["task"], m["classes"], m["preset"]
+        self.ordinal, self.outputs = m["ordinal"], m["outputs"]
+
+    def _probe(self) -> None:
+        """Run one blank image: the model must accept its declared input and give ``outputs`` finite values
+        (an ONNX graph with other metadata than its weights, or non-finite weights, fail here)."""
+        r = self.preset.resize
         try:
-            self.preset = Preset.from_dict(info["preprocess"])
-        except (KeyError, TypeError, ValueError, IndexError):
-            raise CheckpointError(f"{self.path} has no usable preprocessing settings ('preprocess')") from None
-        self.ordinal = None
-        if self.task == "exact-age":
-            o = info.get("ordinal")
-            if not isinstance(o, dict) or o.get("loss") not in losses.LOSSES or not isinstance(o.get("min_age"), (int, float)):
-                raise CheckpointError(f"{self.path} is an exact-age model without usable 'ordinal' settings "
-                                      f"(loss one of {', '.join(losses.LOSSES)}, min_age, num_ranks)")
-            self.ordinal = dict(o)
-        elif not self.classes:
-            raise CheckpointError(f"{self.path} names no classes: it is not a classifier of this toolkit")
+            out = self.logits(torch.zeros((1, 3, r, r), dtype=torch.uint8))
+        except Exception as e:  # noqa: BLE001 - torch and onnxruntime raise many types for a bad graph
+            raise CheckpointError(f"{self.path} does not run on its declared {self.preset.crop} px input "
+                                  f"({type(e).__name__}: {_first_line(e)})") from None
+        if tuple(out.shape) != (1, self.outputs):
+            what = "ordinal head size" if self.ordinal else f"{len(self.classes)} classes"
+            raise CheckpointError(f"{self.path} gives {tuple(out.shape)[1:]} outputs per image, but its metadata "
+                                  f"declares {self.outputs} ({what}): re-export or retrain it")
+        if not torch.isfinite(out).all():
+            raise CheckpointError(f"{self.path} gives non-finite outputs (NaN or infinity): its weights or "
+                                  f"preprocessing are broken; re-export or retrain it")
 
     @property
     def key(self) -> str:
@@ -132,8 +242,7 @@ class OnnxPredictor(Predictor):
         try:
             self.session = ort.InferenceSession(str(self.path), providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own exception types for bad files
-            msg = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-            raise CheckpointError(f"{self.path} is not a readable ONNX model ({msg})") from None
+            raise CheckpointError(f"{self.path} is not a readable ONNX model ({_first_line(e)})") from None
         meta = self.session.get_modelmeta().custom_metadata_map
         if meta.get("gac_format") != ONNX_FORMAT:
             raise CheckpointError(f"{self.path} lacks this toolkit's metadata (task, classes, preprocessing): "
@@ -146,6 +255,7 @@ class OnnxPredictor(Predictor):
         self._describe(self.ckpt)
         self.device, self.amp = torch.device("cpu"), False
         self.input_name = self.session.get_inputs()[0].name
+        self._probe()
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(self.session.run(None, {self.input_name: x.float().cpu().numpy()})[0])

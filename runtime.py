@@ -6,6 +6,7 @@ toolkit. Every distributed helper is a no-op in a single process.
 from __future__ import annotations
 
 import os
+import sys
 
 import torch
 import torch.distributed as dist
@@ -119,3 +120,9 @@ def configure_threads(threads: int | None, world: int) -> int:
     cores = usable_cores()
     torch.set_num_threads(threads or max(1, cores // world))
     return max(1, min(8, cores // world))
+
+
+def show_progress(disabled: bool, rank: int = 0) -> bool:
+    """Progress bars only on rank 0 and only for a terminal: in a log file their
+    carriage returns leave fragments (the per-epoch lines say the same)."""
+    return rank == 0 and not disabled and sys.stderr.isatty()

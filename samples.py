@@ -7,17 +7,16 @@ with single files or rows are collected (to be reported), never raised.
 from __future__ import annotations
 
 import csv
+import math
 import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from images import IMG_EXTENSIONS, is_hidden, list_images
+from images import IMG_EXTENSIONS, DatasetError, is_hidden, list_images  # noqa: F401 (DatasetError: re-exported)
 
-
-class DatasetError(Exception):
-    """A structural problem with a dataset: the message says how to fix it."""
+AGE_RANGE = (0, 130)  # ages outside it are labelling errors, in names and CSV files alike
 
 
 @dataclass
@@ -73,30 +72,65 @@ def scan_image_folder(root: str | os.PathLike, classes: Sequence[str] | None = N
     return SampleSet(paths, targets, list(classes), str(root))
 
 
-def stratified_split(targets: Sequence[int], fraction: float, seed: int) -> tuple[list, list]:
+def stratified_split(targets: Sequence[int], fraction: float, seed: int, ordered: bool = False,
+                     flag: str = "--val-split") -> tuple[list, list]:
     """Seeded stratified split -> (keep, held_out) index lists, both sorted.
 
-    Each target value gives round(fraction * n) of its n samples (at least one
-    when fraction > 0 and n >= 2) to the held-out part.
+    Classes (``ordered`` False): each class gives round(fraction * n) of its n
+    samples (at least one when fraction > 0 and n >= 2) to the held-out part.
+    Ordered targets (ages): neighbouring values are pooled into bins of at
+    least 1 / fraction samples, and round(fraction * N) samples in all are held
+    out, shared over the bins in proportion (largest remainders first), so
+    that many sparse ages do not inflate the held-out share.
     """
     if not 0 <= fraction < 1:
-        raise DatasetError(f"--val-split must be in [0, 1), got {fraction}")
+        raise DatasetError(f"{flag} must be in [0, 1), got {fraction}")
     rng = random.Random(seed)
     by_target: dict[int, list[int]] = {}
     for i, t in enumerate(targets):
         by_target.setdefault(t, []).append(i)
-    keep, held = [], []
-    for t in sorted(by_target):
-        idx = by_target[t]
+    strata = [by_target[t] for t in sorted(by_target)]
+    if ordered:
+        strata = pooled(strata, math.ceil(1 / fraction) if fraction > 0 else 1)
+    for idx in strata:
         rng.shuffle(idx)
-        k = round(fraction * len(idx))
-        if fraction > 0 and len(idx) >= 2:
-            k = min(max(k, 1), len(idx) - 1)
-        else:
-            k = 0
+    sizes = [len(idx) for idx in strata]
+    counts = proportional_counts(sizes, fraction) if ordered else \
+        [min(max(round(fraction * n), 1), n - 1) if fraction > 0 and n >= 2 else 0 for n in sizes]
+    keep, held = [], []
+    for idx, k in zip(strata, counts):
         held += idx[:k]
         keep += idx[k:]
     return sorted(keep), sorted(held)
+
+
+def pooled(strata: list[list[int]], least: int) -> list[list[int]]:
+    """Neighbouring strata merged (in order) into bins of at least ``least`` members."""
+    bins: list[list[int]] = []
+    for idx in strata:
+        if bins and len(bins[-1]) < least:
+            bins[-1] = bins[-1] + idx
+        else:
+            bins.append(list(idx))
+    if len(bins) > 1 and len(bins[-1]) < least:
+        last = bins.pop()
+        bins[-1] += last
+    return bins
+
+
+def proportional_counts(sizes: list[int], fraction: float) -> list[int]:
+    """round(fraction * total) shared over bins in proportion to their sizes
+    (largest remainders first), each bin keeping at least one member."""
+    n = sum(sizes)
+    total = max(round(fraction * n), 1) if fraction > 0 and n >= 2 else 0
+    quotas = [fraction * size for size in sizes]
+    counts = [min(int(q), max(size - 1, 0)) for q, size in zip(quotas, sizes)]
+    for j in sorted(range(len(sizes)), key=lambda j: quotas[j] - int(quotas[j]), reverse=True) * 2:
+        if sum(counts) >= total:
+            break
+        if counts[j] < sizes[j] - 1:
+            counts[j] += 1
+    return counts
 
 
 # --------------------------------------------------------------------------
@@ -111,6 +145,12 @@ class AgeSamples:
     problems: list = field(default_factory=list)  # (where, reason)
 
 
+def check_age(age: int, where: str = "") -> None:
+    """ValueError when ``age`` is outside AGE_RANGE."""
+    if not AGE_RANGE[0] <= age <= AGE_RANGE[1]:
+        raise ValueError(f"age {age} out of range {AGE_RANGE[0]}-{AGE_RANGE[1]}" + (f" in {where!r}" if where else ""))
+
+
 def parse_utkface_name(name: str) -> int:
     """'29_1_3_20170104235317706.jpg.chip.jpg' -> 29.
 
@@ -122,8 +162,7 @@ def parse_utkface_name(name: str) -> int:
     if not head.isdigit():
         raise ValueError(f"no leading age in {name!r}")
     age = int(head)
-    if not 0 <= age <= 130:
-        raise ValueError(f"age {age} out of range in {name!r}")
+    check_age(age, name)
     return age
 
 
@@ -142,8 +181,7 @@ def parse_imdb_wiki_name(name: str) -> int:
         age = int(year) - by - (1 if bm >= 7 else 0)
     except ValueError:
         raise ValueError(f"bad birth date or year in {name!r}") from None
-    if not 0 <= age <= 130:
-        raise ValueError(f"age {age} out of range in {name!r}")
+    check_age(age, name)
     return age
 
 
@@ -212,35 +250,26 @@ def ages_from_csv(csv_path: str | os.PathLike, image_dir: str | os.PathLike, pat
 
     age_offset is added to the age column: the CORAL paper's CSVs store the rank
     (age minus the data set's youngest age: UTKFace 21, CACD 14, AFAD 15,
-    MORPH-2 16). Missing files and bad rows are reported, not fatal.
+    MORPH-2 16). Missing files, ages outside AGE_RANGE, paths that leave
+    image_dir (absolute, or through '..') and other bad rows are reported, not
+    fatal. A UTF-8 byte-order mark is accepted.
     """
     csv_path, image_dir = Path(csv_path), Path(image_dir)
     if not csv_path.is_file():
         raise DatasetError(f"CSV file {csv_path} not found")
     out = AgeSamples([], [])
-    with open(csv_path, newline="", encoding="utf-8", errors="replace") as f:
+    with open(csv_path, newline="", encoding="utf-8-sig", errors="replace") as f:
         reader = csv.DictReader(f)
         cols = reader.fieldnames or []
         if path_column not in cols or age_column not in cols:
             raise DatasetError(f"{csv_path} needs columns '{path_column}' and '{age_column}' (has {cols}): "
                                f"set --path-column / --age-column")
         for line, row in enumerate(reader, start=2):
-            where = f"{csv_path.name}:{line}"
             name, age = (row.get(path_column) or "").strip(), (row.get(age_column) or "").strip()
             try:
-                value = float(age)
-                if not value.is_integer():
-                    raise ValueError
-                value = int(value) + age_offset
-            except ValueError:
-                out.problems.append((where, f"bad age {age!r}"))
-                continue
-            if not name:
-                out.problems.append((where, "no image path"))
-                continue
-            path = image_dir / name
-            if not path.is_file():
-                out.problems.append((where, f"missing image {path}"))
+                path, value = csv_row(name, age, image_dir, age_offset)
+            except ValueError as e:
+                out.problems.append((f"{csv_path.name}:{line}", str(e)))
                 continue
             out.paths.append(str(path))
             out.ages.append(value)
@@ -248,6 +277,27 @@ def ages_from_csv(csv_path: str | os.PathLike, image_dir: str | os.PathLike, pat
         raise DatasetError(f"{csv_path} has no usable rows (first problem: "
                            f"{out.problems[0][1] if out.problems else 'empty file'})")
     return out
+
+
+def csv_row(name: str, age: str, image_dir: Path, age_offset: int) -> tuple[Path, int]:
+    """One row of an age CSV -> (image path, age), or ValueError saying what is wrong."""
+    try:
+        value = float(age)
+    except ValueError:
+        raise ValueError(f"bad age {age!r}") from None
+    if not value.is_integer():
+        raise ValueError(f"bad age {age!r}")
+    value = int(value) + age_offset
+    check_age(value)
+    if not name:
+        raise ValueError("no image path")
+    if os.path.isabs(name) or os.path.normpath(name).split(os.sep)[0] == os.pardir:
+        raise ValueError(f"image path {name!r} leaves the image folder {image_dir}: "
+                         f"give paths relative to --image-dir")
+    path = image_dir / name
+    if not path.is_file():
+        raise ValueError(f"missing image {path}")
+    return path, value
 
 
 def to_ranks(samples: AgeSamples, min_age: int, max_age: int, name: str) -> SampleSet:

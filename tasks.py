@@ -89,7 +89,8 @@ class OrdinalTask:
     def stats(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Summable (5,) float64: n, |error| sum, error^2 sum, count within 5 years, loss sum."""
         err = (self.predict(logits) - y.double()).abs()
-        loss_sum = self.loss(logits, y).double() * len(y)
+        # an empty shard (a process with no evaluation batch) adds zeros, not the NaN of an empty mean
+        loss_sum = self.loss(logits, y).double() * len(y) if len(y) else torch.zeros((), dtype=torch.float64)
         return torch.stack([torch.tensor(float(len(y)), dtype=torch.float64), err.sum(), (err ** 2).sum(),
                             (err <= 5).double().sum(), loss_sum])
 

@@ -17,9 +17,10 @@ import torch
 
 import losses
 import plots
+import run_folder
 from checkpointing import CHECKPOINT_FORMAT, CheckpointError, atomic_torch_save, atomic_write_text, expect, \
     load_checkpoint
-from engine import StopRequested, ema_steps, evaluate, restore_ema, train_one_epoch
+from engine import Stopper, StopRequested, ema_steps, evaluate, refuse_non_finite, restore_ema, train_one_epoch
 from runtime import all_gather_objects, barrier
 
 
@@ -50,6 +51,7 @@ def make_checkpoint(model, optimizer, scheduler, state, history, ctx, args) -> d
         "rng": {"torch": torch.get_rng_state(), "aug": ctx["aug_gen"].get_state()},
         "args": plain_args(args),
         "metrics": history[-1] if history else {},
+        "data": ctx.get("data_fingerprint"),  # resume refuses other data (run_folder.check_resume)
     }
     if ema is not None:
         ckpt["train_state"] = {k: v.detach().cpu() for k, v in raw.state_dict().items()}
@@ -86,7 +88,9 @@ def train_loop(model, optimizer, scheduler, train_data, val_data, state, history
         if rank != 0:
             return None
         ckpt = make_checkpoint(model, optimizer, scheduler, state, history, ctx, args)
+        refuse_non_finite(ckpt)  # a diverged run saves nothing: the last good files stay
         atomic_torch_save(ckpt, *(out / fname for fname in path_names))
+        run_folder.drop_stale(ctx, path_names)
         return ckpt
 
     try:
@@ -103,17 +107,18 @@ def train_loop(model, optimizer, scheduler, train_data, val_data, state, history
             epoch_no = e + 1
             record = {"epoch": epoch_no, "lr": lr, **stats}
             last = epoch_no == args.epochs
-            is_best = False
+            is_best, val_desc = False, ""
             if epoch_no % args.eval_every == 0 or last:
                 val = evaluate(ctx["ema"].module if ctx["ema"] else model, val_data, args, ctx)
                 record.update({f"val_{k}": v for k, v in val.items() if k not in ("confusion", "n")})
                 is_best = task.is_better(val[metric], ctx["best"]["value"], val["loss"], ctx["best"].get("loss"))
                 if is_best:
                     ctx["best"] = {"value": val[metric], "metric": metric, "epoch": epoch_no, "loss": val["loss"]}
-                train_desc = " ".join(f"{k[6:]} {v:.4f}" for k, v in stats.items()
-                                      if k.startswith("train_") and k[6:] in ("loss", "acc", "mae"))
-                log(f"epoch {epoch_no:3d}/{args.epochs}: train {train_desc} | val {task.describe(val)}"
-                    f"{' (best)' if is_best else ''} | lr {lr:.2e} | {stats['images_per_s']:.0f} img/s")
+                val_desc = f" | val {task.describe(val)}{' (best)' if is_best else ''}"
+            train_desc = " ".join(f"{k[6:]} {v:.4f}" for k, v in stats.items()
+                                  if k.startswith("train_") and k[6:] in ("loss", "acc", "mae"))
+            log(f"epoch {epoch_no:3d}/{args.epochs}: train {train_desc}{val_desc} | lr {lr:.2e} | "
+                f"{stats['images_per_s']:.0f} img/s")  # one line per epoch, evaluated or not
             history.append(record)
             state.update(epoch=epoch_no, next_batch=0, running=None)
             # write order matters for kill -9: model_best before checkpoint_last (a resume
@@ -133,6 +138,8 @@ def train_loop(model, optimizer, scheduler, train_data, val_data, state, history
         log(f"stopped by {stopper.signal or 'SIGINT'}: state saved to {out / 'checkpoint_last.tar'} "
             f"(epoch {state['epoch'] + 1}, batch {state['next_batch']}); continue with --resume")
         raise SystemExit(130)
+    finally:
+        stopper.restore()
     if rank == 0 and not (out / "model_best.tar").exists():
         raise CheckpointError("no model_best.tar was written (no evaluation ran)")
 
@@ -164,6 +171,7 @@ def resume(path: Path, model, optimizer, scheduler, state: dict, ctx, args, log)
         optimizer.load_state_dict(ckpt["optimizer_state"])
     except ValueError as e:  # another parameter grouping than the run had
         raise CheckpointError(f"{path}: its optimizer state does not fit this run's ({e})") from None
+    run_folder.check_resume(ckpt, path, scheduler, ctx.get("data_fingerprint"), args, log)
     scheduler.load_state_dict(ckpt["scheduler_state"])
     state.update(ckpt["progress"])
     state["iter_losses"] = list(ckpt["iter_losses"])
@@ -184,7 +192,7 @@ def test_best(model, test_data, best_path: Path, args, ctx, out: Path, log) -> d
     expect(ckpt, best_path, task=name, classes=classes)
     (model.module if hasattr(model, "module") else model).load_state_dict(ckpt["model_state"])
     rows: list = []
-    result = evaluate(model, test_data, args, ctx, rows=rows if ordinal else None)
+    result = evaluate_until_stopped(model, test_data, args, ctx, rows if ordinal else None, best_path, log)
     summary = {"task": name, "checkpoint": str(best_path), "epoch": ckpt["epoch"],
                "val": ckpt["best"], "test": {k: v for k, v in result.items() if k != "confusion"},
                "selected_on": ctx["selected_on"]}
@@ -198,7 +206,6 @@ def test_best(model, test_data, best_path: Path, args, ctx, out: Path, log) -> d
     if ordinal:
         write_test_predictions(rows, test_data, task, out)
     else:
-        log(f"test: accuracy {result['acc']:.4f}")
         log("confusion matrix (rows true, columns predicted; " + ", ".join(classes) + "):")
         for cname, row in zip(classes, result["confusion"]):
             log(f"  {cname:>12}: " + " ".join(f"{v:5d}" for v in row))
@@ -206,6 +213,21 @@ def test_best(model, test_data, best_path: Path, args, ctx, out: Path, log) -> d
                              f"{name} test: accuracy {result['acc']:.3f}")
     plots.write_json(summary, out / "test_results.json")
     return summary
+
+
+def evaluate_until_stopped(model, test_data, args, ctx, rows, best_path: Path, log) -> dict:
+    """The final test; SIGINT or SIGTERM stops it after the current batch with
+    exit status 130, leaving the checkpoint as it is and writing no results."""
+    stopper = ctx.setdefault("stopper", Stopper())
+    stopper.install()
+    try:
+        return evaluate(model, test_data, args, ctx, rows=rows, stopper=stopper)
+    except StopRequested:
+        log(f"stopped by {stopper.signal} during the final test: no test results written; {best_path} is kept "
+            f"(--test-only evaluates it)")
+        raise SystemExit(130) from None
+    finally:
+        stopper.restore()
 
 
 def write_test_predictions(rows: list, data, task, out: Path) -> None:

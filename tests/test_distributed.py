@@ -21,8 +21,8 @@ def test_torchrun_two_processes(tmp_path, capsys):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    # rank 0 alone logs: one line per evaluation, one test line
-    assert proc.stdout.count("epoch   2/2") == 1 and proc.stdout.count("test: accuracy") == 1
+    # rank 0 alone logs: one line per epoch, one test line
+    assert proc.stdout.count("epoch   2/2") == 1 and proc.stdout.count("test: ") == 1
     assert "2 process(es)" in proc.stdout
     ckpt = load_checkpoint(out / "model_best.tar")
     assert not any(k.startswith("module.") for k in ckpt["model_state"])  # loads without DDP

@@ -112,7 +112,7 @@ def test_exact_age_training_run(age_csvs, tmp_path, loss, capsys):
     assert "ages 21-56 (36 ranks)" in text and "MAE" in text
     ckpt = load_checkpoint(out / "model_best.tar")
     assert ckpt["task"] == "exact-age"
-    assert ckpt["ordinal"] == {"loss": loss, "min_age": 21, "num_ranks": 36, "ce_mode": "argmax"}
+    assert ckpt["ordinal"] == {"loss": loss, "min_age": 21, "num_ranks": 36, "ce_mode": "expectation"}
     assert ckpt["model_args"]["head"] == loss
     assert ckpt["best"]["metric"] == "mae"
     result = json.loads((out / "test_results.json").read_text())

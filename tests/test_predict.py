@@ -188,6 +188,6 @@ def test_training_refuses_checkpoint_of_another_architecture(trained, tmp_path, 
     shutil.copy(trained / "checkpoints" / "gender" / "model_best.tar", out / "checkpoint_last.tar")
     # the checkpoint holds a resnet18; asking for the Levi-Hassner network must fail in one line
     assert gac.cli(["--data-dir", str(trained / "gender-data"), "--checkpoint-dir", str(out), "--resume",
-                    "--no-progress", "-ep", "1"]) == 2
+                    "--no-progress", "-ep", "1", "--arch", "levi_hassner"]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "holds architecture 'resnet18', not 'levi_hassner'" in err
+    assert len(err.splitlines()) == 1 and "trained with --arch resnet18, but this run asks for levi_hassner" in err
