@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from checkpointing import atomic_write_text
 from images import BadImageError, decode_resized
+from runtime import all_gather_objects
 from samples import (AgeSamples, DatasetError, SampleSet, ages_from_csv, ages_from_names, genders_from_utkface,
                      scan_image_folder, stratified_split, to_ranks)
 
@@ -195,15 +196,17 @@ def available_memory() -> int:
     return 4 << 30
 
 
-def choose_cache_mode(mode: str, n_images: int, size: int, max_fraction: float = 0.5) -> tuple[str, str]:
-    """'memory' when the decoded images fit in half the free RAM, else 'stream'.
+def choose_cache_mode(mode: str, n_images: int, size: int, max_fraction: float = 0.5,
+                      processes: int = 1) -> tuple[str, str]:
+    """'memory' when the decoded images of all ``processes`` (each holds a copy)
+    fit in half the free RAM, else 'stream'.
 
     Returns (mode, reason) so the caller can log why.
     """
-    need = cache_bytes(n_images, size)
+    need = cache_bytes(n_images, size) * processes
     free = available_memory()
     if mode == "memory":
-        return "memory", f"forced by --cache memory ({need / 2**20:.0f} MiB)"
+        return "memory", f"forced by --cache memory, {need / 2**20:.0f} MiB"
     if mode == "stream":
         return "stream", "forced by --cache stream"
     if need <= max_fraction * free:
@@ -219,19 +222,27 @@ class CachedImages(Dataset):
     Indexing returns (uint8 (3,R,R), target).
     """
 
-    def __init__(self, samples: SampleSet, size: int, workers: int = 0, progress: bool = False):
+    def __init__(self, samples: SampleSet, size: int, workers: int = 0, progress: bool = False,
+                 rank: int = 0, world: int = 1):
+        # under torchrun each process decodes every world-th image, then all exchange them
         self.classes = samples.classes
-        kept_paths, kept_targets, tensors, self.bad = [], [], [], []
-        for i, img, err in decode_all(samples.paths, size, workers, progress):
+        mine = list(range(rank, len(samples.paths), world))
+        decoded, errors = {}, {}
+        for j, img, err in decode_all([samples.paths[i] for i in mine], size, workers, progress):
             if img is None:
-                self.bad.append((samples.paths[i], err))
-                continue
-            kept_paths.append(samples.paths[i])
-            kept_targets.append(samples.targets[i])
-            tensors.append(img)
-        self.paths = kept_paths
-        self.targets = torch.tensor(kept_targets, dtype=torch.long)
-        self.images = torch.stack(tensors) if tensors else torch.empty((0, 3, size, size), dtype=torch.uint8)
+                errors[mine[j]] = err
+            else:
+                decoded[mine[j]] = img
+        if world > 1:
+            for their_decoded, their_errors in all_gather_objects((decoded, errors)):
+                decoded.update(their_decoded)
+                errors.update(their_errors)
+        order = sorted(decoded)
+        self.bad = [(samples.paths[i], errors[i]) for i in sorted(errors)]
+        self.paths = [samples.paths[i] for i in order]
+        self.targets = torch.tensor([samples.targets[i] for i in order], dtype=torch.long)
+        self.images = torch.stack([decoded.pop(i) for i in order]) if order else \
+            torch.empty((0, 3, size, size), dtype=torch.uint8)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -462,10 +473,12 @@ def test_selection(args, task: str, classes: list) -> Selection:
 # Batches
 # --------------------------------------------------------------------------
 
-def build_split(samples: SampleSet, preset: Preset, mode: str, workers: int, progress: bool):
-    """SampleSet -> (dataset, bad list): decoded into memory, or streaming."""
+def build_split(samples: SampleSet, preset: Preset, mode: str, workers: int, progress: bool,
+                rank: int = 0, world: int = 1):
+    """SampleSet -> (dataset, bad list): decoded into memory (the decoding shared
+    by the processes of a torchrun), or streaming."""
     if mode == "memory":
-        data = CachedImages(samples, preset.resize, workers, progress)
+        data = CachedImages(samples, preset.resize, workers, progress, rank, world)
         return data, data.bad
     bad = check_files(samples.paths, workers)
     data = StreamingImages(drop_bad(samples, bad), preset.resize)

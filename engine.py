@@ -267,7 +267,12 @@ def evaluate(model, data, args, ctx, rows: list | None = None, stopper: Stopper 
     """The task's metrics in eval mode (dropout off, BatchNorm running
     statistics), sharded over processes and all-reduced. When ``rows`` is a
     list, per-image (index, logits) pairs are appended to it. With a
-    ``stopper``, a signal stops it after the current batch (StopRequested)."""
+    ``stopper``, a signal stops it after the current batch (StopRequested).
+
+    A DistributedDataParallel model is evaluated through its own module:
+    DDP's forward syncs buffers across processes, which would hang a process
+    that has fewer evaluation batches than the others."""
+    model = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
     model.eval()
     device, task = ctx["device"], ctx["task"]
     indices = shard(list(range(len(data))), ctx["rank"], ctx["world"])

@@ -188,12 +188,14 @@ def make_preset(args) -> ds.Preset:
     return preset
 
 
-def load_data(sel: ds.Selection, preset: ds.Preset, mode: str, workers: int, rank: int, args, out: Path, log):
+def load_data(sel: ds.Selection, preset: ds.Preset, mode: str, env: dict, args, out: Path):
     """Decode (or check) the three splits; report unreadable images. -> (train, val, test)."""
+    rank, log = env["rank"], env["log"]
     progress = show_progress(args.no_progress, rank)
-    train_data, bad = ds.build_split(sel.train, preset, mode, workers, progress)
-    test_data, bad_test = ds.build_split(sel.test, preset, mode, workers, progress)
-    val_data, bad_val = ds.build_split(sel.val, preset, mode, workers, progress) if sel.val else (test_data, [])
+    split = lambda samples: ds.build_split(samples, preset, mode, env["workers"], progress, rank, env["world"])
+    train_data, bad = split(sel.train)
+    test_data, bad_test = split(sel.test)
+    val_data, bad_val = split(sel.val) if sel.val else (test_data, [])
     bad_all = bad + bad_val + bad_test
     if rank == 0:
         ds.report_bad(bad_all, out, args.strict, log)
@@ -272,9 +274,9 @@ def evaluate_checkpoint(args, name: str, out: Path, source: Path, env) -> dict:
     ckpt = load_checkpoint(source)
     preset = ds.Preset.from_dict(ckpt["preprocess"])
     sel = ds.select_samples(args, name, classes=list(ckpt["classes"]))
-    mode, why = ds.choose_cache_mode(args.cache, len(sel.test), preset.resize)
+    mode, why = ds.choose_cache_mode(args.cache, len(sel.test), preset.resize, processes=env["world"])
     env["log"](describe_run(name, sel, preset, mode, why, args, env))
-    test_data, bad = ds.build_split(sel.test, preset, mode, env["workers"], False)
+    test_data, bad = ds.build_split(sel.test, preset, mode, env["workers"], False, env["rank"], env["world"])
     if env["rank"] == 0:
         ds.report_bad(bad, out, args.strict, env["log"])
     task, model_args = make_task(args, name, sel.classes, None)
@@ -303,13 +305,14 @@ def main(args, given: set[str] | None = None) -> dict:
     preset = make_preset(args)
     sel = ds.select_samples(args, name)
     run_folder.check_outside_data(out, sel)
-    mode, why = ds.choose_cache_mode(args.cache, len(sel.train) + len(sel.val or []) + len(sel.test), preset.resize)
+    mode, why = ds.choose_cache_mode(args.cache, len(sel.train) + len(sel.val or []) + len(sel.test), preset.resize,
+                                     processes=world)
     log(describe_run(name, sel, preset, mode, why, args, env))
     if sel.problems and rank == 0:
         ds.write_bad_list(sel.problems, out / "label_problems.csv")
         log(f"warning: {len(sel.problems)} row(s) or file name(s) without a usable label, listed in "
             f"{out / 'label_problems.csv'}")
-    train_data, val_data, test_data = load_data(sel, preset, mode, env["workers"], rank, args, out, log)
+    train_data, val_data, test_data = load_data(sel, preset, mode, env, args, out)
     task, model_args = make_task(args, name, sel.classes, train_data.targets)
     model = make_model(args, model_args, task, sel.classes, train_data.targets, env["device"], log)
     steps = steps_per_epoch(len(train_data), args, world)

@@ -70,7 +70,8 @@ class _Checker:
                "num_ranks": self.integer(o.get("num_ranks"), "ordinal num_ranks", 2, MAX_OUTPUTS)}
         if o.get("ce_mode") not in (None, "argmax", "expectation"):
             raise self.fail(f"ordinal ce_mode must be argmax or expectation, not {o.get('ce_mode')!r:.40}")
-        out["ce_mode"] = o.get("ce_mode") or "argmax"
+        if "ce_mode" in o:
+            out["ce_mode"] = o["ce_mode"]
         if model_args.get("head") != out["loss"] or model_args.get("num_ranks") != out["num_ranks"]:
             raise self.fail(f"model_args (head {model_args.get('head')!r:.20}, num_ranks "
                             f"{model_args.get('num_ranks')!r:.20}) differ from the ordinal settings "
@@ -121,7 +122,7 @@ class Predictor:
     """A checkpoint, rebuilt and ready: uint8 (N,3,R,R) batches -> logits, probabilities, predictions.
 
     ``task`` is "gender", "age" or "exact-age"; an exact-age model has
-    ``ordinal`` = {"loss", "min_age", "num_ranks", "ce_mode"} and predicts
+    ``ordinal`` = {"loss", "min_age", "num_ranks"[, "ce_mode"]} and predicts
     min_age + losses.predict_rank(logits, loss). Everything the file declares
     is checked on load (``check_metadata``), its weights must be finite, and a
     blank image must give ``outputs`` finite values (``_probe``).
@@ -150,12 +151,15 @@ class Predictor:
         self.task, self.classes, self.preset = m["task"], m["classes"], m["preset"]
         self.ordinal, self.outputs = m["ordinal"], m["outputs"]
 
-    def _probe(self) -> None:
-        """Run one blank image: the model must accept its declared input and give ``outputs`` finite values
-        (an ONNX graph with other metadata than its weights, or non-finite weights, fail here)."""
+    def _probe(self, forward=None) -> None:
+        """Run one blank image through ``forward`` (``_forward``): the model must accept its declared
+        input and give ``outputs`` finite values (an ONNX graph with other metadata than its weights,
+        or non-finite weights, fail here)."""
         r = self.preset.resize
         try:
-            out = self.logits(torch.zeros((1, 3, r, r), dtype=torch.uint8))
+            x = self.preset.eval_batch(torch.zeros((1, 3, r, r), dtype=torch.uint8, device=self.device))
+            with torch.no_grad():
+                out = (forward or self._forward)(x)
         except Exception as e:  # noqa: BLE001 - torch and onnxruntime raise many types for a bad graph
             raise CheckpointError(f"{self.path} does not run on its declared {self.preset.crop} px input "
                                   f"({type(e).__name__}: {_first_line(e)})") from None
@@ -210,7 +214,7 @@ class Predictor:
         Integers, except the expectation of a 'ce' head (ce_mode "expectation"), rounded to 0.1.
         """
         o = self.ordinal
-        mode = o.get("ce_mode", "argmax")
+        mode = o.get("ce_mode") or "argmax"
         ranks = losses.predict_rank(self.view_logits(batch, tta).mean(0), o["loss"], mode)
         if ranks.is_floating_point():
             return [round(float(r) + o["min_age"], 1) for r in ranks]
@@ -255,10 +259,13 @@ class OnnxPredictor(Predictor):
         self._describe(self.ckpt)
         self.device, self.amp = torch.device("cpu"), False
         self.input_name = self.session.get_inputs()[0].name
-        self._probe()
+        self._probe(self._run)
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.session.run(None, {self.input_name: x.float().cpu().numpy()})[0])
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(self.session.run(None, {self.input_name: x.float().cpu().numpy()})[0])
+        return self._run(x)
 
 
 def load_predictor(path: str | os.PathLike, device: torch.device, amp: bool = False) -> Predictor:

@@ -85,9 +85,11 @@ def train_loop(model, optimizer, scheduler, train_data, val_data, state, history
     metric = task.select_metric
 
     def save(path_names):
+        ranks = all_gather_objects(rank_state(state, ctx))  # every process takes part
         if rank != 0:
             return None
         ckpt = make_checkpoint(model, optimizer, scheduler, state, history, ctx, args)
+        ckpt["ranks"] = ranks
         refuse_non_finite(ckpt)  # a diverged run saves nothing: the last good files stay
         atomic_torch_save(ckpt, *(out / fname for fname in path_names))
         run_folder.drop_stale(ctx, path_names)
@@ -154,6 +156,30 @@ def latest_checkpoint(out: Path) -> Path:
     return max(numbered)[1] if numbered else last
 
 
+def rank_state(state: dict, ctx) -> dict:
+    """What differs between processes: the running statistics of the epoch in
+    flight and the random generators (CPU, augmentation, and the GPU's)."""
+    mine = {"running": state["running"], "torch": torch.get_rng_state(), "aug": ctx["aug_gen"].get_state()}
+    if ctx["device"].type == "cuda":
+        mine["cuda"] = torch.cuda.get_rng_state(ctx["device"])
+    return mine
+
+
+def restore_rank_state(ckpt: dict, path: Path, state: dict, ctx) -> None:
+    """Each process takes back its own statistics and generators (a checkpoint
+    from before per-process states: rank 0's, which were all there was)."""
+    ranks = ckpt.get("ranks") or [{"running": ckpt["progress"]["running"], **ckpt["rng"]}]
+    if len(ranks) != ctx["world"] and state["next_batch"]:
+        raise CheckpointError(f"{path} was saved by {len(ranks)} process(es) in the middle of an epoch: resume "
+                              f"it with as many (this run has {ctx['world']})")
+    mine = ranks[ctx["rank"]] if len(ranks) == ctx["world"] else ranks[0]
+    state["running"] = mine["running"] if len(ranks) == ctx["world"] else None
+    torch.set_rng_state(mine["torch"])
+    ctx["aug_gen"].set_state(mine["aug"])
+    if mine.get("cuda") is not None and ctx["device"].type == "cuda":
+        torch.cuda.set_rng_state(mine["cuda"], ctx["device"])
+
+
 def resume(path: Path, model, optimizer, scheduler, state: dict, ctx, args, log) -> list:
     """Load a run's checkpoint into the model, optimizer, scheduler, EMA,
     progress and random generators, so the run continues exactly; returns
@@ -176,8 +202,7 @@ def resume(path: Path, model, optimizer, scheduler, state: dict, ctx, args, log)
     state.update(ckpt["progress"])
     state["iter_losses"] = list(ckpt["iter_losses"])
     ctx["best"] = dict(ckpt["best"])
-    torch.set_rng_state(ckpt["rng"]["torch"])
-    ctx["aug_gen"].set_state(ckpt["rng"]["aug"])
+    restore_rank_state(ckpt, path, state, ctx)
     log(f"resumed from {path}: epoch {state['epoch'] + 1}, batch {state['next_batch']}")
     return list(ckpt["history"])
 

@@ -150,7 +150,8 @@ def test_broken_checkpoints(trained, tmp_path, capsys, kind):
         match = "not a checkpoint of this toolkit"
     else:
         ckpt = load_checkpoint(src)
-        ckpt["model_args"]["num_outputs"] = 5  # class count differs from the weights
+        ckpt["model_args"]["num_outputs"] = 3  # consistent metadata, but the weights have 2 outputs
+        ckpt["classes"] = ["a", "b", "c"]
         atomic_torch_save(ckpt, bad)
         match = "do not fit"
     assert predict.cli(["--checkpoint", str(bad), str(trained / "gender-data" / "predict")]) == 2

@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# End-to-end check of the CUDA path (issue 16), a few minutes on one GPU:
+#   train       gender, 2 epochs, --amp --aug strong, on gender-data/ (generated data when it is absent)
+#   resume      the same run extended by one epoch with --resume
+#   torchrun    1 epoch with 2 processes when 2 GPUs are present, else 1
+#   exact-age   1 epoch of ResNet-18 at 64 px on utkface/ (generated when absent): a random split,
+#               ages 21-60, at most a few images per age
+#   predict     predict.py with face detection on a photo and a video made from the data
+#               (a test crop pasted on a background), the gender and exact-age models together
+#   export      export.py to ONNX (checked against PyTorch)
+#   predict-onnx  predict.py --onnx on the same photo and video (onnxruntime runs on the CPU)
+# It ends with one line per step: its rate in images/s (training: the last epoch's, from the run's
+# metrics.jsonl; prediction: records over wall time, start-up included) and beside it the compute-only
+# rate of the same network on the same device and precision (synthetic batches, no data loading;
+# scripts/gpu_check_helper.py says why this is not bench.py's).
+#
+#   bash scripts/gpu_check.sh          # on a CUDA machine; without a GPU: a one-line error, exit 2
+#   bash scripts/gpu_check.sh --cpu    # the same steps on the CPU on tiny generated data (CI runs it:
+#                                      # tests/test_gpu_check.py)
+# The Python is $PYTHON, else python on PATH. Every run writes into a fresh --checkpoint-dir in a
+# temporary folder, which is removed at the end (GPU_CHECK_KEEP=1 keeps it and says where).
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PY="${PYTHON:-python}"
+helper=("$PY" "$here/scripts/gpu_check_helper.py")
+
+mode=gpu
+case "${1:-}" in
+  "") ;;
+  --cpu) mode=cpu ;;
+  -h|--help) sed -n '2,21p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  *) echo "error: unknown argument '$1': use --cpu, or no argument on a CUDA machine" >&2; exit 2 ;;
+esac
+if [ $# -gt 1 ]; then
+  echo "error: too many arguments: use --cpu, or no argument on a CUDA machine" >&2; exit 2
+fi
+if ! command -v "$PY" >/dev/null 2>&1; then
+  echo "error: no python '$PY': set PYTHON to the project's python (bash scripts/setup.sh prints it)" >&2; exit 2
+fi
+gpus=$("$PY" -c "import torch; print(torch.cuda.device_count())" 2>/dev/null) || {
+  echo "error: $PY cannot import torch: set PYTHON to the project's python (bash scripts/setup.sh prints it)" >&2
+  exit 2
+}
+if [ "$mode" = gpu ] && [ "$gpus" -lt 1 ]; then
+  echo "error: no CUDA GPU visible to $PY (torch.cuda.device_count() is 0): run this on a GPU machine," \
+       "or pass --cpu for the CPU mode" >&2
+  exit 2
+fi
+
+work="$(mktemp -d "${TMPDIR:-/tmp}/gpu-check.XXXXXX")"
+cleanup() {
+  if [ "${GPU_CHECK_KEEP:-0}" = 1 ]; then echo "gpu-check: kept $work" >&2; else rm -rf "$work"; fi
+}
+trap cleanup EXIT
+mkdir -p "$work/logs"
+cd "$here"
+
+if [ "$mode" = gpu ]; then
+  dev=cuda batch=64 age_batch=128 per_age=40 steps=20 media_faces=--need-faces
+  procs=$(( gpus >= 2 ? 2 : 1 ))
+  gdata=gender-data utk=utkface
+  if [ ! -d gender-data/train ] || [ ! -d utkface/UTKFace ]; then
+    "${helper[@]}" data "$work/data" --per-class 64 >/dev/null
+    [ -d gender-data/train ] || gdata="$work/data/gender"
+    [ -d utkface/UTKFace ] || utk="$work/data/utkface"
+  fi
+else
+  # tiny: every step runs, nothing is learnt; one decode worker process fewer per run
+  dev=cpu batch=8 age_batch=8 per_age=2 steps=2 procs=1 media_faces=
+  "${helper[@]}" data "$work/data" --per-class 8 >/dev/null
+  gdata="$work/data/gender" utk="$work/data/utkface"
+fi
+common=(--device "$dev" --amp --no-progress --seed 0)
+[ "$mode" = cpu ] && common+=(--workers 0)
+echo "gpu-check: $mode mode, $gpus GPU(s), device $dev, gender data $gdata, exact-age data $utk, python $PY"
+
+now() { date +%s.%N; }
+declare -A rate seconds
+# step NAME COMMAND...: runs it with its output in $work/logs/NAME.out and .err; a failure prints
+# their last lines and a one-line error, and stops the check
+step() {
+  local name=$1 t0 code=0
+  shift
+  t0=$(now)
+  "$@" >"$work/logs/$name.out" 2>"$work/logs/$name.err" || code=$?
+  seconds[$name]=$(awk -v a="$t0" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }')
+  if [ "$code" -ne 0 ]; then
+    tail -n 15 "$work/logs/$name.out" "$work/logs/$name.err" >&2
+    echo "error: step '$name' failed with exit status $code after ${seconds[$name]} s (its last lines are above)" >&2
+    exit 1
+  fi
+  echo "gpu-check: $name ok (${seconds[$name]} s)"
+}
+train=("$PY" gender_age_classifier.py "${common[@]}")
+
+step train "${train[@]}" --data-dir "$gdata" --checkpoint-dir "$work/gender" -ep 2 -b "$batch" --aug strong
+rate[train]=$("${helper[@]}" run-rate "$work/gender" --epochs 2)
+
+step resume "${train[@]}" --data-dir "$gdata" --checkpoint-dir "$work/gender" -ep 3 -b "$batch" --aug strong --resume
+rate[resume]=$("${helper[@]}" run-rate "$work/gender" --epochs 3)
+
+step torchrun "$PY" -m torch.distributed.run --standalone --nproc_per_node="$procs" gender_age_classifier.py \
+  "${common[@]}" --data-dir "$gdata" --checkpoint-dir "$work/ddp" -ep 1 -b "$batch"
+rate[torchrun]="$("${helper[@]}" run-rate "$work/ddp" --epochs 1), $procs process(es)"
+
+step exact-age "${train[@]}" --task exact-age --dataset utkface --data-dir "$utk" --random-split 0.2 \
+  --min-age 21 --max-age 60 --max-per-class "$per_age" --arch resnet18 --resize 68 --crop 64 \
+  --checkpoint-dir "$work/exact" -ep 1 -b "$age_batch"
+rate[exact-age]=$("${helper[@]}" run-rate "$work/exact" --epochs 1)
+
+step media "${helper[@]}" media "$gdata" "$work"
+media=("$work/photo.jpg" "$work/clip.mp4" --every 2 --json --device "$dev")
+[ "$mode" = cpu ] && media+=(--workers 0)
+step predict "$PY" predict.py "${media[@]}" --amp --gender-checkpoint "$work/gender/model_best.tar" \
+  --exact-age-checkpoint "$work/exact/model_best.tar"
+rate[predict]=$("${helper[@]}" predict-rate "$work/logs/predict.out" "${seconds[predict]}" $media_faces)
+
+step export "$PY" export.py "$work/gender/model_best.tar" -o "$work/gender.onnx"
+rate[export]="$(tail -n 1 "$work/logs/export.out")"
+
+step predict-onnx "$PY" predict.py "${media[@]}" --onnx "$work/gender.onnx"
+rate[predict-onnx]=$("${helper[@]}" predict-rate "$work/logs/predict-onnx.out" "${seconds[predict-onnx]}" $media_faces)
+
+# compute-only rates, one process for all: the same networks, devices and precisions as the steps
+g="$work/gender/model_best.tar" e="$work/exact/model_best.tar"
+step compute-only "${helper[@]}" compute-only --steps "$steps" "train=$g,train,$dev,$batch,bf16" \
+  "exact-age=$e,train,$dev,$age_batch,bf16" "predict=$g,infer,$dev,$batch,bf16" "predict-onnx=$g,infer,cpu,8,fp32"
+declare -A compute
+while IFS=$'\t' read -r name value; do compute[$name]=$value; done <"$work/logs/compute-only.out"
+compute[resume]=${compute[train]} compute[torchrun]="${compute[train]} per process" compute[export]="-"
+
+echo "gpu-check: results ($mode mode, device $dev):"
+for name in train resume torchrun exact-age predict export predict-onnx; do
+  printf 'gpu-check: %-13s %s | compute-only: %s\n' "$name" "${rate[$name]}" "${compute[$name]}"
+done
+echo "gpu-check: all steps passed"
