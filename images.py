@@ -139,7 +139,10 @@ def load_rgb(path: str | os.PathLike, min_side: int | None = None) -> Image.Imag
         if path.stat().st_size == 0:
             raise BadImageError("empty file (0 bytes)")
         with warnings.catch_warnings():
-            # a DecompressionBombWarning (between 1x and 2x the limit) is an error here
+            # PIL's metadata warnings (an EXIF tag of the wrong size, skipped) would break the
+            # one-line-per-problem output; a DecompressionBombWarning (between 1x and 2x the
+            # limit) is an error here
+            warnings.simplefilter("ignore", UserWarning)
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 w, h = img.size
@@ -160,14 +163,17 @@ def load_rgb(path: str | os.PathLike, min_side: int | None = None) -> Image.Imag
     except Image.UnidentifiedImageError:
         raise BadImageError("not an image (unrecognised format)") from None
     except (OSError, SyntaxError, ValueError) as e:  # truncated data, broken headers
-        raise BadImageError(f"cannot decode: {_first_line(e)}") from None
+        raise BadImageError(f"cannot decode: {first_line(e)}") from None
     except MemoryError:
         raise BadImageError("cannot decode: out of memory") from None
     except Exception as e:  # noqa: BLE001 - struct.error, TypeError, ... from a crafted file
-        raise BadImageError(f"cannot decode ({type(e).__name__}: {_first_line(e)})") from None
+        kind, module = type(e).__qualname__, type(e).__module__
+        raise BadImageError(f"cannot decode ({kind if module == 'builtins' else f'{module}.{kind}'}: "
+                            f"{first_line(e)})") from None
 
 
-def _first_line(e: BaseException) -> str:
+def first_line(e: BaseException) -> str:
+    """An exception's message, on one line of at most 160 characters (its type when it has none)."""
     text = str(e).strip()
     return text.splitlines()[0][:160] if text else type(e).__name__
 

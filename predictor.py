@@ -14,6 +14,7 @@ import torch
 import losses
 from checkpointing import CheckpointError, check_finite_weights, load_checkpoint
 from datasets import Preset
+from images import first_line
 from models import build_model
 from samples import AGE_RANGE
 
@@ -21,11 +22,6 @@ ONNX_FORMAT = "1"  # version of the metadata export.py writes into ONNX files
 TASKS = ("gender", "age", "exact-age")
 SIDE_RANGE = (8, 1024)  # preprocess resize and crop, in pixels
 MAX_OUTPUTS = 10_000  # classes or ranks
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0][:160] if text else type(e).__name__
 
 
 class _Checker:
@@ -140,7 +136,7 @@ class Predictor:
             model.load_state_dict(self.ckpt["model_state"])
         except (TypeError, ValueError, RuntimeError, KeyError) as e:
             raise CheckpointError(f"{self.path}: the weights do not fit the stored architecture "
-                                  f"({_first_line(e)})") from None
+                                  f"({first_line(e)})") from None
         self.device, self.amp = device, amp
         self.model = model.to(device).eval().to(memory_format=torch.channels_last)
         self._probe()
@@ -162,7 +158,7 @@ class Predictor:
                 out = (forward or self._forward)(x)
         except Exception as e:  # noqa: BLE001 - torch and onnxruntime raise many types for a bad graph
             raise CheckpointError(f"{self.path} does not run on its declared {self.preset.crop} px input "
-                                  f"({type(e).__name__}: {_first_line(e)})") from None
+                                  f"({type(e).__name__}: {first_line(e)})") from None
         if tuple(out.shape) != (1, self.outputs):
             what = "ordinal head size" if self.ordinal else f"{len(self.classes)} classes"
             raise CheckpointError(f"{self.path} gives {tuple(out.shape)[1:]} outputs per image, but its metadata "
@@ -246,7 +242,7 @@ class OnnxPredictor(Predictor):
         try:
             self.session = ort.InferenceSession(str(self.path), providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own exception types for bad files
-            raise CheckpointError(f"{self.path} is not a readable ONNX model ({_first_line(e)})") from None
+            raise CheckpointError(f"{self.path} is not a readable ONNX model ({first_line(e)})") from None
         meta = self.session.get_modelmeta().custom_metadata_map
         if meta.get("gac_format") != ONNX_FORMAT:
             raise CheckpointError(f"{self.path} lacks this toolkit's metadata (task, classes, preprocessing): "
