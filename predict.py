@@ -18,10 +18,16 @@ predicts every image whole (its central square), as the training did.
 Output: one record per face (per image when nothing was located), with every
 model's prediction. A single model on whole images prints ``file label
 probability`` lines (``file age`` for an exact-age model); otherwise a table
-with a header and face index and box columns. ``--json`` / ``--csv`` give the
-same records; videos add frame and time. Images that cannot be read are
-reported on stderr; the others are still predicted, and the exit status is 1
-when any input failed (2 for a usage problem).
+with a header and face index and box columns, in fixed-width columns.
+``--json`` / ``--csv`` give the same records; videos add frame and time.
+Records are printed as inputs finish (with ``--detect auto``, whole-image
+records wait for the first detected face, which decides the layout, or for the
+end); JSON is a list closed at the end. Control characters in names are
+escaped, and CSV text cells that a spreadsheet would run as a formula start
+with a quote. Images that cannot be read are reported on stderr; the others are
+still predicted, and the exit status is 1 when any input failed, 2 for a usage
+problem, a bad model file or an output that cannot be written, and 130 after
+Ctrl-C (what was printed is complete and kept).
 """
 from __future__ import annotations
 
