@@ -26,18 +26,14 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import faces  # noqa: E402
-from checkpointing import atomic_write, load_checkpoint  # noqa: E402
-from images import list_images, load_rgb  # noqa: E402
-from models import build_model  # noqa: E402
+# the project's modules (and torch) are imported where needed: reading rates stays instant
 
 
 def make_data(out: Path, per_class: int) -> None:
     """A gender ImageFolder tree and a UTKFace-like folder (ages in the file names), from face-free
     generated pictures: enough for every step to run, not to learn anything."""
+    import faces
     seed = 0
     for split, n in (("train", per_class), ("test", max(2, per_class // 4))):
         for cls in ("female", "male"):
@@ -56,6 +52,9 @@ def make_data(out: Path, per_class: int) -> None:
 
 def make_media(crop_path: Path, out: Path, frames: int = 16) -> None:
     """A 640x480 photo with the crop pasted at 200 px, and a 480x360 video with it moving across."""
+    import faces
+    from checkpointing import atomic_write
+    from images import load_rgb
     crop = load_rgb(crop_path)
     photo, _ = faces.paste_crops(faces.background((640, 480), 1), [crop], [(300, 120, 200)])
     with atomic_write(out / "photo.jpg") as f:
@@ -75,6 +74,7 @@ def make_media(crop_path: Path, out: Path, frames: int = 16) -> None:
 
 def first_image(data_dir: Path) -> Path:
     """The first test image of an ImageFolder tree (the face pasted into the photo and video)."""
+    from images import list_images
     found = sorted(list_images(data_dir / "test"))
     if not found:
         raise SystemExit(f"error: no test image under {data_dir / 'test'}")
@@ -105,6 +105,9 @@ def predict_rate(path: Path, seconds: float, need_faces: bool) -> str:
 
 def compute_only(checkpoint: Path, device: str, amp: bool, infer: bool, batch: int, steps: int) -> str:
     """Training (or inference) steps of the checkpoint's network on synthetic batches: images/s."""
+    import torch
+    from checkpointing import load_checkpoint
+    from models import build_model
     ckpt = load_checkpoint(checkpoint)
     dev = torch.device(device)
     model = build_model(**ckpt["model_args"]).to(dev).to(memory_format=torch.channels_last).train(not infer)
@@ -157,6 +160,7 @@ def main(argv=None) -> int:
     c = sub.add_parser("media")
     c.add_argument("data_dir", type=Path, help="ImageFolder tree: its first test image is the face")
     c.add_argument("out", type=Path)
+    c.add_argument("--frames", type=int, default=16, help="video frames")
     c = sub.add_parser("run-rate")
     c.add_argument("run_dir", type=Path)
     c.add_argument("--epochs", type=int, required=True)
@@ -172,7 +176,7 @@ def main(argv=None) -> int:
         make_data(a.out, a.per_class)
         print(f"generated data in {a.out}")
     elif a.command == "media":
-        make_media(first_image(a.data_dir), a.out)
+        make_media(first_image(a.data_dir), a.out, a.frames)
         print(f"wrote {a.out / 'photo.jpg'} and {a.out / 'clip.mp4'}")
     elif a.command == "run-rate":
         print(run_rate(a.run_dir, a.epochs))
