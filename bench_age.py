@@ -45,7 +45,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def command(loss: str, out: Path, extra: list[str]) -> list[str]:
     return [sys.executable, "gender_age_classifier.py", "--task", "exact-age", "--loss", loss,
-            *RECIPE, "--no-progress", *extra, "--checkpoint-dir", str(out / loss)]
+            *RECIPE, "--no-progress", *extra, "--checkpoint-dir", str(out / loss),
+            "--overwrite"]  # re-running a loss replaces its earlier run
 
 
 def table(rows: list[dict]) -> str:

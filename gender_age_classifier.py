@@ -299,12 +299,14 @@ def main(args, given: set[str] | None = None) -> dict:
     env = start_runtime(args)
     log, rank, world = env["log"], env["rank"], env["world"]
     torch.manual_seed(args.seed)
-    stale = run_folder.claim(out, args) if rank == 0 else []  # writable, locked, no other run replaced
     if args.test_only:
+        if rank == 0:
+            run_folder.claim(out, args)  # writable and locked: test_results.json goes there
         return evaluate_checkpoint(args, name, out, source, env)
     preset = make_preset(args)
     sel = ds.select_samples(args, name)
-    run_folder.check_outside_data(out, sel)
+    run_folder.check_outside_data(out, sel)  # before anything is created there
+    stale = run_folder.claim(out, args) if rank == 0 else []  # writable, locked, no other run replaced
     mode, why = ds.choose_cache_mode(args.cache, len(sel.train) + len(sel.val or []) + len(sel.test), preset.resize,
                                      processes=world)
     log(describe_run(name, sel, preset, mode, why, args, env))

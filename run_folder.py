@@ -113,17 +113,11 @@ def drop_stale(ctx: dict, written) -> None:
 
 
 def data_roots(sel) -> list[Path]:
-    """The folders the run's images come from: each split's root (an ImageFolder
-    train/ or test/ folder), else the folder that holds all of its files."""
-    roots = []
-    for samples in (sel.train, sel.val, sel.test):
-        if samples is None or not len(samples):
-            continue
-        if samples.root:
-            roots.append(Path(samples.root))
-        else:
-            roots.append(Path(os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in samples.paths])))
-    return roots
+    """The folders the run's images come from: for each split, the deepest
+    folder that holds all of its files (an ImageFolder train/ or test/ folder,
+    a CSV's or UTKFace's image folder)."""
+    return [Path(os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in samples.paths]))
+            for samples in (sel.train, sel.val, sel.test) if samples is not None and len(samples)]
 
 
 def check_outside_data(out: Path, sel) -> None:

@@ -385,9 +385,10 @@ def test_init_from_starts_from_another_run(tiny_data, tmp_path, capsys):
     assert "own initialisation kept for: head.bias, head.weight" in capsys.readouterr().out
     ckpt = load_checkpoint(second / "model_best.tar")
     assert ckpt["args"]["init_from"] == str(first / "model_best.tar") and ckpt["classes"] == ["0-2", "4-6", "8-13"]
-    # another network: one line, exit 2, and nothing of the earlier run is touched
+    # another network: one line, exit 2, and nothing of the earlier run is touched (--overwrite
+    # replaces a run only once the new one has saved a checkpoint)
     code = run(["--data-dir", tiny_data, "--checkpoint-dir", second, "-ep", "1", "--init-from",
-                first / "model_best.tar"], light=False)
+                first / "model_best.tar", "--overwrite"], light=False)
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "architecture 'resnet18'" in err
     assert load_checkpoint(second / "model_best.tar")["classes"] == ["0-2", "4-6", "8-13"]
