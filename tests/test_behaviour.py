@@ -56,11 +56,13 @@ def checkpoint_logits(ckpt: dict, batch: torch.Tensor, state: str = "model_state
         return model(x).float()
 
 
-def ordinal_rank(logits: torch.Tensor, loss: str) -> torch.Tensor:
+def ordinal_rank(logits: torch.Tensor, loss: str, ce_mode: str = "argmax") -> torch.Tensor:
     """The rank each ordinal head decodes to, written out from the papers' rules:
-    ce: the most probable rank; coral/ordinal: the number of P(y > k) over 1/2,
-    with P(y > k) = sigmoid (coral, ordinal) or its running product (corn)."""
+    ce: the most probable rank, or the expected one; coral/ordinal: the number of
+    P(y > k) over 1/2, with P(y > k) = sigmoid (coral, ordinal) or its running product (corn)."""
     if loss == "ce":
+        if ce_mode == "expectation":
+            return logits.softmax(1) @ torch.arange(logits.shape[1], dtype=logits.dtype)
         return logits.argmax(1)
     p = torch.sigmoid(logits)
     if loss == "corn":

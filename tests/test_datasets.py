@@ -69,7 +69,7 @@ def test_every_mode_becomes_rgb(tmp_path, mode):
     else:
         make_image(path, 1, 3, fmt=fmt, mode=mode)
     img = images.load_rgb(path)
-    assert img.mode == "RGB" and img.size == (40, 30) or img.size == (40, 48)
+    assert img.mode == "RGB" and img.size == ((40, 30) if mode == "I;16" else (40, 48))
     t = images.decode_resized(path, 64)
     assert t.dtype == torch.uint8 and t.shape == (3, 64, 64)
     if mode == "I;16":  # 16-bit range is scaled, not clipped to white
@@ -204,11 +204,16 @@ def test_train_batch_crops_flips_and_is_seeded():
     assert flipped_seen
 
 
-def test_tta_has_ten_views():
+def test_tta_views_are_the_four_corners_the_centre_and_their_mirrors():
     preset = ds.Preset(8, 5)
-    views = preset.tta_batch(torch.randint(0, 255, (3, 3, 8, 8), dtype=torch.uint8))
+    batch = torch.randint(0, 255, (3, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    views = preset.tta_batch(batch)
     assert views.shape == (10, 3, 3, 5, 5)
-    assert torch.equal(views[5], views[0].flip(-1))
+    # (top, left) of the 5x5 crops in the 8x8 square: the corners, then the centre ((8 - 5) // 2)
+    for v, (t, l) in enumerate([(0, 0), (0, 3), (3, 0), (3, 3), (1, 1)]):
+        crop = preset.normalize(batch[:, :, t:t + 5, l:l + 5])
+        assert torch.equal(views[v], crop), v
+        assert torch.equal(views[v + 5], crop.flip(-1)), v + 5
 
 
 def test_strong_augmentation_geometry_and_colour():

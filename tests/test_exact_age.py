@@ -14,6 +14,7 @@ import losses
 from checkpointing import load_checkpoint
 from conftest import make_image
 from tasks import OrdinalTask
+from test_behaviour import checkpoint_logits, decode, ordinal_rank
 import samples
 
 LIGHT = ["--arch", "resnet18", "--resize", "40", "--crop", "32", "--no-progress", "--workers", "0", "-b", "8"]
@@ -119,8 +120,12 @@ def test_exact_age_training_run(age_csvs, tmp_path, loss, capsys):
     assert set(result["test"]) >= {"mae", "rmse", "cs5"} and result["test"]["n"] == 6
     rows = list(csv.DictReader(open(out / "test_predictions.csv")))
     assert len(rows) == 6 and len([k for k in rows[0] if k.startswith("p_")]) == 36
+    # each prediction is 21 + the rank the saved model's logits for that image decode to, computed here
+    files = decode([r["file"] for r in rows], ckpt["preprocess"]["resize"])
+    logits = checkpoint_logits(ckpt, files, amp=ckpt["args"]["amp"])
+    expected = 21 + ordinal_rank(logits, loss, ckpt["ordinal"]["ce_mode"]).double()
+    assert [float(r["predicted_age"]) for r in rows] == pytest.approx(expected.tolist(), abs=0.006)
     for r in rows:
-        assert 21 <= float(r["predicted_age"]) <= 56
         assert sum(float(r[k]) for k in r if k.startswith("p_")) == pytest.approx(1, abs=1e-3)
     mae = sum(abs(float(r["predicted_age"]) - int(r["true_age"])) for r in rows) / 6
     assert mae == pytest.approx(result["test"]["mae"], abs=0.02)

@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import losses as L  # noqa: E402
 
-coral_pytorch = pytest.importorskip("coral_pytorch")
+# coral-pytorch is pinned in requirements.txt: imported plainly, so a missing one fails the suite
 from coral_pytorch.dataset import (  # noqa: E402
     corn_label_from_logits, levels_from_labelbatch, proba_to_label)
 from coral_pytorch.layers import CoralLayer as RefCoralLayer  # noqa: E402

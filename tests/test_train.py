@@ -132,9 +132,16 @@ def test_batch_size_and_epochs_long_flags(tiny_data, tmp_path):
 
 def test_val_split_zero_validates_on_test(tiny_data, tmp_path):
     out = tmp_path / "c"
-    assert run(["--data-dir", tiny_data, "--checkpoint-dir", out, "-ep", "1", "--val-split", "0"]) == 0
+    assert run(["--data-dir", tiny_data, "--checkpoint-dir", out, "-ep", "1", "--val-split", "0", "-b", "2"]) == 0
     result = json.loads((out / "test_results.json").read_text())
     assert result["selected_on"].startswith("test split")
+    ckpt = load_checkpoint(out / "model_best.tar")
+    # nothing held out: all 12 training images in steps of 2
+    assert len(ckpt["iter_losses"]) == 6
+    # the validation metrics are the test split's, for the same (epoch 1) model
+    val = ckpt["history"][-1]
+    assert val["val_loss"] == pytest.approx(result["test"]["loss"], abs=1e-6) == ckpt["best"]["loss"]
+    assert val["val_acc"] == pytest.approx(result["test_acc"], abs=1e-9)
 
 
 def test_dropout_is_off_in_evaluation(tiny_data, tmp_path):
