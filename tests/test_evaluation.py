@@ -207,3 +207,41 @@ def test_each_process_decodes_its_share(tmp_path):
     assert torch.equal(part.images, full.images[1::2])
     mode, why = ds.choose_cache_mode("auto", 1000, 256, processes=10 ** 4)
     assert mode == "stream" and "(" not in why
+
+
+def test_bf16_needs_an_ampere_gpu(monkeypatch):
+    import runtime
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    assert not runtime.bf16_is_fast(torch.device("cuda", 0))  # Turing reports bf16, but emulates it
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    assert runtime.bf16_is_fast(torch.device("cuda", 0))
+
+
+def test_each_cuda_process_binds_its_gpu_and_reduces_cpu_tensors_over_gloo(monkeypatch):
+    import runtime
+    calls = {}
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: calls.setdefault("device", device))
+    monkeypatch.setattr(runtime.dist, "init_process_group",
+                        lambda backend, **kw: calls.update(backend=backend, **kw))
+    monkeypatch.setattr(runtime.dist, "get_rank", lambda: 1)
+    monkeypatch.setattr(runtime.dist, "get_world_size", lambda: 2)
+    assert runtime.init_distributed(torch.device("cuda", 1)) == (1, 2)
+    assert calls["device"] == torch.device("cuda", 1) and calls["backend"] == "cpu:gloo,cuda:nccl"
+    assert calls["device_id"] == torch.device("cuda", 1)
+
+
+def test_strong_augmentation_resizes_float_tensors(monkeypatch):
+    """Antialiased bilinear interpolation has no uint8 kernel on CUDA."""
+    seen = []
+    real = torch.nn.functional.interpolate
+
+    def spy(x, *a, **k):
+        seen.append(x.dtype)
+        return real(x, *a, **k)
+
+    monkeypatch.setattr(ds.F, "interpolate", spy)
+    batch = torch.randint(0, 256, (6, 3, 40, 40), dtype=torch.uint8)
+    out = ds.Preset(40, 32).train_batch_strong(batch, torch.Generator().manual_seed(0))
+    assert out.shape == (6, 3, 32, 32) and out.dtype == torch.float32 and torch.isfinite(out).all()
+    assert seen and all(d == torch.float32 for d in seen)
