@@ -45,6 +45,8 @@ RANGES = {
     "min_age": _between(0, 150),
     "max_age": _between(0, 150),
     "csv_age_offset": _between(-150, 150),
+    "chip_margin": _between(0, 2),
+    "framing_sample": _between(0, 100_000),
 }
 # --imp-weight weights the K-1 binary tasks of these heads only
 IMPORTANCE_WEIGHTED_LOSSES = ("coral", "ordinal")

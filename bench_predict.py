@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import statistics
 import sys
 import tempfile
 import time
@@ -97,18 +96,10 @@ def detector_recall(crops: list[str], name: str) -> dict:
 
 
 def calibrate(files: list[str], name: str) -> faces.Geometry:
-    """Median place of the detector's largest box inside training crops, as fractions of the side."""
-    det = faces.make_detector(name)
-    rel = []
-    for path in files:
-        img = load_rgb(path)
-        found = faces.detect_faces(det, img)
-        if found:
-            b = max(found, key=lambda f: (f.box[2] - f.box[0]) * (f.box[3] - f.box[1])).box
-            w, h = img.size
-            rel.append(((b[0] + b[2]) / 2 / w, (b[1] + b[3]) / 2 / h, (b[2] - b[0]) / w, (b[3] - b[1]) / h))
-    print(f"  {name}: a face in {len(rel)} of {len(files)} crops", flush=True)
-    return faces.Geometry(*(round(statistics.median(v), 3) for v in zip(*rel)))
+    """Median place of the detector's main box inside training crops, as fractions of the side."""
+    geometry, found = faces.measure_framing(files, faces.make_detector(name))
+    print(f"  {name}: a face in {found} of {len(files)} crops", flush=True)
+    return geometry
 
 
 def predict_rate(argv: list[str], units: int) -> float:

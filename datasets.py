@@ -164,21 +164,22 @@ def _keep_items(batch):
     return batch  # a list of (i, object|None, error|None): no stacking, bad items stay visible
 
 
-def load_all(paths: Sequence[str], load, workers: int, progress: bool = False):
+def load_all(paths: Sequence[str], load, workers: int, progress: bool = False, desc: str = "decode"):
     """Apply ``load`` to every path in ``workers`` processes, in order.
     Yields (index, result|None, error|None); bad images never raise."""
     loader = DataLoader(_LoadFiles(paths, load), batch_size=16, num_workers=workers,
                         collate_fn=_keep_items, persistent_workers=False)
     if progress:
         from tqdm import tqdm
-        loader = tqdm(loader, desc="decode", unit="batch", leave=False)
+        loader = tqdm(loader, desc=desc, unit="batch", leave=False)
     for batch in loader:
         yield from batch
 
 
-def decode_all(paths: Sequence[str], size: int, workers: int, progress: bool = False):
-    """Decode every path once to uint8 (3, size, size), in parallel."""
-    yield from load_all(paths, partial(decode_resized, size=size), workers, progress)
+def decode_all(paths: Sequence[str], size: int, workers: int, progress: bool = False, load=None):
+    """Decode every path once to uint8 (3, size, size), in parallel (``load``: path -> that
+    tensor, instead of ``decode_resized``; face_chips.py reads chips with it)."""
+    yield from load_all(paths, load or partial(decode_resized, size=size), workers, progress)
 
 
 def cache_bytes(n: int, size: int) -> int:
@@ -223,12 +224,12 @@ class CachedImages(Dataset):
     """
 
     def __init__(self, samples: SampleSet, size: int, workers: int = 0, progress: bool = False,
-                 rank: int = 0, world: int = 1):
+                 rank: int = 0, world: int = 1, load=None):
         # under torchrun each process decodes every world-th image, then all exchange them
         self.classes = samples.classes
         mine = list(range(rank, len(samples.paths), world))
         decoded, errors = {}, {}
-        for j, img, err in decode_all([samples.paths[i] for i in mine], size, workers, progress):
+        for j, img, err in decode_all([samples.paths[i] for i in mine], size, workers, progress, load):
             if img is None:
                 errors[mine[j]] = err
             else:
@@ -259,11 +260,11 @@ class StreamingImages(Dataset):
     crashes on one bad file.
     """
 
-    def __init__(self, samples: SampleSet, size: int):
+    def __init__(self, samples: SampleSet, size: int, load=None):
         self.classes = samples.classes
         self.paths = list(samples.paths)
         self.targets = torch.tensor(samples.targets, dtype=torch.long)
-        self.size = size
+        self.load = load or partial(decode_resized, size=size)
         self.bad: list = []
 
     def __len__(self) -> int:
@@ -271,7 +272,7 @@ class StreamingImages(Dataset):
 
     def __getitem__(self, i: int):
         try:
-            return decode_resized(self.paths[i], self.size), self.targets[i]
+            return self.load(self.paths[i]), self.targets[i]
         except BadImageError:
             return None
 
@@ -474,14 +475,15 @@ def test_selection(args, task: str, classes: list) -> Selection:
 # --------------------------------------------------------------------------
 
 def build_split(samples: SampleSet, preset: Preset, mode: str, workers: int, progress: bool,
-                rank: int = 0, world: int = 1):
+                rank: int = 0, world: int = 1, load=None):
     """SampleSet -> (dataset, bad list): decoded into memory (the decoding shared
-    by the processes of a torchrun), or streaming."""
+    by the processes of a torchrun), or streaming. ``load``: path -> uint8
+    (3, R, R), instead of ``decode_resized`` (face chips)."""
     if mode == "memory":
-        data = CachedImages(samples, preset.resize, workers, progress, rank, world)
+        data = CachedImages(samples, preset.resize, workers, progress, rank, world, load)
         return data, data.bad
     bad = check_files(samples.paths, workers)
-    data = StreamingImages(drop_bad(samples, bad), preset.resize)
+    data = StreamingImages(drop_bad(samples, bad), preset.resize, load)
     return data, bad
 
 

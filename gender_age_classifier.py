@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 import datasets as ds
+import face_chips
 import losses
 import run_folder
 import settings
@@ -55,6 +56,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     add_original_args(p)
     add_exact_age_args(p.add_argument_group("exact age (--task exact-age)"))
     add_run_args(p)
+    face_chips.add_args(p.add_argument_group("face chips (the framing of training faces, stored for predict.py)"))
     return p
 
 
@@ -188,11 +190,11 @@ def make_preset(args) -> ds.Preset:
     return preset
 
 
-def load_data(sel: ds.Selection, preset: ds.Preset, mode: str, env: dict, args, out: Path):
+def load_data(sel: ds.Selection, preset: ds.Preset, mode: str, env: dict, args, out: Path, load=None):
     """Decode (or check) the three splits; report unreadable images. -> (train, val, test)."""
     rank, log = env["rank"], env["log"]
     progress = show_progress(args.no_progress, rank)
-    split = lambda samples: ds.build_split(samples, preset, mode, env["workers"], progress, rank, env["world"])
+    split = lambda samples: ds.build_split(samples, preset, mode, env["workers"], progress, rank, env["world"], load)
     train_data, bad = split(sel.train)
     test_data, bad_test = split(sel.test)
     val_data, bad_val = split(sel.val) if sel.val else (test_data, [])
@@ -274,9 +276,10 @@ def evaluate_checkpoint(args, name: str, out: Path, source: Path, env) -> dict:
     ckpt = load_checkpoint(source)
     preset = ds.Preset.from_dict(ckpt["preprocess"])
     sel = ds.select_samples(args, name, classes=list(ckpt["classes"]))
+    sel, load, _ = face_chips.prepare(args, sel, preset, source, out, env)
     mode, why = ds.choose_cache_mode(args.cache, len(sel.test), preset.resize, processes=env["world"])
     env["log"](describe_run(name, sel, preset, mode, why, args, env))
-    test_data, bad = ds.build_split(sel.test, preset, mode, env["workers"], False, env["rank"], env["world"])
+    test_data, bad = ds.build_split(sel.test, preset, mode, env["workers"], False, env["rank"], env["world"], load)
     if env["rank"] == 0:
         ds.report_bad(bad, out, args.strict, env["log"])
     task, model_args = make_task(args, name, sel.classes, None)
@@ -314,7 +317,8 @@ def main(args, given: set[str] | None = None) -> dict:
         ds.write_bad_list(sel.problems, out / "label_problems.csv")
         log(f"warning: {len(sel.problems)} row(s) or file name(s) without a usable label, listed in "
             f"{out / 'label_problems.csv'}")
-    train_data, val_data, test_data = load_data(sel, preset, mode, env, args, out)
+    sel, load, chips = face_chips.prepare(args, sel, preset, source, out, env)
+    train_data, val_data, test_data = load_data(sel, preset, mode, env, args, out, load)
     task, model_args = make_task(args, name, sel.classes, train_data.targets)
     model = make_model(args, model_args, task, sel.classes, train_data.targets, env["device"], log)
     steps = steps_per_epoch(len(train_data), args, world)
@@ -325,7 +329,7 @@ def main(args, given: set[str] | None = None) -> dict:
            "best": {"value": None, "metric": task.select_metric, "epoch": 0},
            "selected_on": "validation split" if sel.val else "test split (--val-split 0)",
            "ema": make_ema(model, args.ema_epochs, steps) if args.ema_epochs > 0 else None,
-           "stale": stale, "data_fingerprint": run_folder.data_fingerprint(sel)}
+           "stale": stale, "data_fingerprint": run_folder.data_fingerprint(sel), "chips": chips}
     state = {"epoch": 0, "next_batch": 0, "running": None, "iter_losses": []}
     history = trainer.resume(source, model, optimizer, scheduler, state, ctx, args, log) if source else []
     if world > 1:

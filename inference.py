@@ -1,6 +1,10 @@
 """From inputs to per-face results: images and video frames, the regions to
 predict on in each (detected faces, or the whole image), and batched
 prediction over them, in input order.
+
+Each model sees each face as it was trained (its ``faces.ChipSpec``): the
+squares of a region are cut once per distinct spec of the models in use, by
+``faces.face_chip``, the function that made the training chips.
 """
 from __future__ import annotations
 
@@ -24,15 +28,20 @@ from samples import DatasetError
 class Region:
     """What to predict on in an image: a detected face, the whole image, or a 'no face' marker.
 
-    box: (x0, y0, x1, y1) in image pixels (the face, or the square the model
-    sees); square: the RGB square to predict on, already at the models' input
-    size R (the largest ``preset.resize``), None for no face.
+    box: (x0, y0, x1, y1) in image pixels (the face, or the central square of a
+    whole image); squares: {ChipSpec: the RGB square that spec's models predict
+    on, at its size}, None for no face.
     """
     face: int | None
     box: tuple | None
     score: float | None
     source: str  # "detector", "whole image" or "no face found"
-    square: Image.Image | None
+    squares: dict | None
+
+    @property
+    def square(self) -> Image.Image | None:
+        """The square of the first spec (all there is for one model)."""
+        return None if self.squares is None else next(iter(self.squares.values()))
 
 
 @dataclass
@@ -48,49 +57,71 @@ class Unit:
     sampled: bool = True  # False: a video frame only carried along for the annotated video
 
 
-def whole_image(img: Image.Image, size: int) -> Region:
-    """The image as the training pipeline sees it: ``resize_square`` to ``size``; box = its central square."""
+def chip_specs(chips) -> list:
+    """A list of ChipSpecs, or one int size: the framing of an unmeasured model of that size."""
+    return [faces.ChipSpec(size=chips)] if isinstance(chips, int) else list(dict.fromkeys(chips))
+
+
+def is_crop_for(img: Image.Image, found: list, spec: faces.ChipSpec, detector) -> bool:
+    """Whether ``img`` is itself a face crop framed like ``spec``'s training images."""
+    return faces.looks_like_crop(img.size, found, faces.crop_geometry(spec, detector))
+
+
+def whole_image(img: Image.Image, chips, found: list = (), detector=None) -> Region:
+    """The image as one face crop (box: its central square). Each spec's square: the image as the
+    training pipeline decodes it (``resize_square``), unless a face was found and the image is not
+    framed like that spec's training images, or the spec aligns: then its chip of the main face."""
     w, h = img.size
     s = min(w, h)
     left, top = (w - s) // 2, (h - s) // 2
-    return Region(0, (left, top, left + s, top + s), None, "whole image", resize_square(img, size))
+    main = faces.main_face(found, img.size) if found else None
+
+    def square(c: faces.ChipSpec) -> Image.Image:
+        if main is None or (c.mode == "off" and is_crop_for(img, found, c, detector)):
+            return resize_square(img, c.size)
+        return faces.face_chip(img, main, c, detector)
+    return Region(0, (left, top, left + s, top + s), None, "whole image", {c: square(c) for c in chip_specs(chips)})
 
 
-def find_regions(img: Image.Image, mode: str, detector, size: int,
+def find_regions(img: Image.Image, mode: str, detector, chips,
                  detect_size: int = faces.DETECT_SIZE) -> list[Region]:
-    """RGB image -> regions to predict on, squares of ``size`` px, per ``mode`` (auto/on/off, see the module doc)."""
+    """RGB image -> regions to predict on, per ``mode`` (auto/on/off, see the module doc), with a square
+    per ChipSpec of ``chips`` (``chip_specs``). ``auto`` predicts an image whole when it is framed like
+    the training images of any of the specs (each spec still gets its own framing)."""
+    chips = chip_specs(chips)
     if mode == "off":
-        return [whole_image(img, size)]
+        return [whole_image(img, chips)]
     found = faces.detect_faces(detector, img, detect_size)
-    if mode == "auto" and faces.looks_like_crop(img.size, found, detector.geometry):
-        return [whole_image(img, size)]
+    if mode == "auto" and any(is_crop_for(img, found, c, detector) for c in chips):
+        return [whole_image(img, chips, found, detector)]
     if not found:
         return [Region(None, None, None, "no face found", None)]
-    # the crop is framed on the detector's own box (it may reach past the image edge, as the face
-    # does); the box reported is clipped to the image
+    # each chip is framed on the detector's own box or landmarks (it may reach past the image
+    # edge, as the face does); the box reported is clipped to the image
     return [Region(i, faces.clip_box(f.box, img.size), f.score, "detector",
-                   resize_square(faces.crop_face(img, faces.crop_square(f.box, detector.geometry)), size))
+                   {c: faces.face_chip(img, f, c, detector) for c in chips})
             for i, f in enumerate(found)]
 
 
-def image_units(paths: list[str], mode: str, detector, workers: int, keep_image: bool, resize: int,
+def image_units(paths: list[str], mode: str, detector, workers: int, keep_image: bool, chips: list,
                 detect_size: int = faces.DETECT_SIZE):
     """Decode images in ``workers`` processes, in order, and yield a Unit for each."""
-    # whole images need only `resize` px (JPEGs decode at a reduced DCT scale); detection wants detail
-    min_side = resize if mode == "off" else None
+    # whole images need only the largest chip's side (JPEGs decode at a reduced DCT scale); detection
+    # wants detail
+    min_side = max(c.size for c in chip_specs(chips)) if mode == "off" else None
     for i, img, err in load_all(paths, functools.partial(load_rgb, min_side=min_side), workers):
         if img is None:
             yield Unit(paths[i], error=err)
             continue
         try:
-            regions = find_regions(img, mode, detector, resize, detect_size)
+            regions = find_regions(img, mode, detector, chips, detect_size)
         except BadImageError as e:  # resize_square's pixel limit
             yield Unit(paths[i], error=str(e))
             continue
         yield Unit(paths[i], image=img if keep_image else None, regions=regions)
 
 
-def video_units(path: str, every: int, mode: str, detector, keep_frames: bool, resize: int,
+def video_units(path: str, every: int, mode: str, detector, keep_frames: bool, chips: list,
                 detect_size: int = faces.DETECT_SIZE):
     """Yield a Unit per sampled frame of a video (and, with ``keep_frames``, the others too)."""
     try:
@@ -98,7 +129,7 @@ def video_units(path: str, every: int, mode: str, detector, keep_frames: bool, r
         for index, t, img, sampled in video.frames(every):
             if sampled:
                 yield Unit(path, index, t, video.fps, img if keep_frames else None,
-                           find_regions(img, mode, detector, resize, detect_size))
+                           find_regions(img, mode, detector, chips, detect_size))
             elif keep_frames:
                 yield Unit(path, index, t, video.fps, img, sampled=False)
     except faces.FaceError as e:
@@ -129,30 +160,31 @@ def collect_inputs(inputs: list[str]) -> list[str]:
     return paths
 
 
-def all_units(paths: list[str], args, detector, workers: int, resize: int):
-    """Units of every input, in input order: runs of images decoded in parallel, videos frame by frame."""
+def all_units(paths: list[str], args, detector, workers: int, chips: list):
+    """Units of every input, in input order: runs of images decoded in parallel, videos frame by frame;
+    a square per ChipSpec of ``chips`` in each region."""
     keep = args.annotate is not None
     for video, group in itertools.groupby(paths, key=faces.is_video):
         group = list(group)
         if video:
             for path in group:
-                yield from video_units(path, args.every, args.detect, detector, keep, resize, args.detect_size)
+                yield from video_units(path, args.every, args.detect, detector, keep, chips, args.detect_size)
         else:
             yield from image_units(group, args.detect, detector, min(workers, len(group) // args.batch_size),
-                                   keep, resize, args.detect_size)
+                                   keep, chips, args.detect_size)
 
 
 def _predict_regions(regions: list[Region], predictors: dict, batch_size: int, tta: bool) -> list[dict]:
-    """Regions (with a square) -> one {model key: result} per region, in batches."""
+    """Regions (with squares) -> one {model key: result} per region, in batches; each model
+    predicts on the squares of its own ChipSpec (``p.chips``)."""
     results = [{} for _ in regions]
     for s in range(0, len(regions), batch_size):
         chunk = regions[s:s + batch_size]
-        batches = {}  # one uint8 (N,3,R,R) stack per input size R
+        batches = {}  # one uint8 (N,3,R,R) stack per ChipSpec
         for key, p in predictors.items():
-            r = p.preset.resize
-            if r not in batches:
-                batches[r] = torch.stack([pil_to_uint8_tensor(resize_square(g.square, r)) for g in chunk])
-            for j, res in enumerate(p.predict(batches[r], tta)):
+            if p.chips not in batches:
+                batches[p.chips] = torch.stack([pil_to_uint8_tensor(g.squares[p.chips]) for g in chunk])
+            for j, res in enumerate(p.predict(batches[p.chips], tta)):
                 results[s + j][key] = res
     return results
 
@@ -163,14 +195,14 @@ def predict_units(units, predictors: dict, batch_size: int, tta: bool = False, m
     pending, n = [], 0
 
     def flush():
-        regions = [g for u in pending for g in u.regions if g.square is not None]
+        regions = [g for u in pending for g in u.regions if g.squares is not None]
         results = iter(_predict_regions(regions, predictors, batch_size, tta))
         for u in pending:
-            yield u, [next(results) if g.square is not None else None for g in u.regions]
+            yield u, [next(results) if g.squares is not None else None for g in u.regions]
 
     for unit in units:
         pending.append(unit)
-        n += sum(g.square is not None for g in unit.regions)
+        n += sum(g.squares is not None for g in unit.regions)
         if n >= batch_size or len(pending) >= max_pending:
             yield from flush()
             pending, n = [], 0
@@ -179,7 +211,7 @@ def predict_units(units, predictors: dict, batch_size: int, tta: bool = False, m
 
 def predict_files(predictor: Predictor, paths: list[str], batch_size: int, workers: int):
     """Yield (path, probabilities (C,) or None, error or None) in input order: whole images."""
-    units = image_units(paths, "off", None, workers, False, predictor.preset.resize)
+    units = image_units(paths, "off", None, workers, False, [predictor.chips])
     for unit, results in predict_units(units, {"m": predictor}, batch_size):
         if unit.error is not None:
             yield unit.file, None, unit.error

@@ -8,12 +8,14 @@
     python predict.py photo.jpg --onnx model.onnx      # onnxruntime, from export.py
 
 Faces (``--detect``): ``auto`` (default) runs the face detector (faces.py) and
-predicts on a training-like square crop around each face; an image that is
-itself a face crop (squarish, and no face found or the crop around its largest
-face covers it) is predicted whole, exactly like the training data, so folders
-of face crops give one line per image as before. ``on`` always detects (a
-photo with no face gives a "no face found" record), ``off`` / ``--no-detect``
-predicts every image whole (its central square), as the training did.
+cuts each face for each model as that model was trained (the chip spec in its
+checkpoint or ONNX metadata: an aligned chip, or a square framed like its
+training images); an image that is itself a face crop (squarish, and no face
+found or the crop around its main face covers it) is predicted whole, exactly
+like the training data, so folders of face crops give one line per image as
+before (a model trained on aligned chips gets the chip of its main face). ``on``
+always detects (a photo with no face gives a "no face found" record), ``off`` /
+``--no-detect`` predicts every image whole (its central square).
 
 Output: one record per face (per image when nothing was located), with every
 model's prediction. A single model on whole images prints ``file label
@@ -130,17 +132,20 @@ def main(args) -> int:
             p = predictors[task]
             expect(p.ckpt, p.path, classes=found)
     paths = collect_inputs(inputs)
+    aligned = [str(p.path) for p in predictors.values() if p.chips.mode == "aligned"]
+    if aligned and args.detect != "off" and args.detector == "haar":  # the one detector without landmarks
+        raise faces.FaceError(f"{aligned[0]} was trained on aligned face chips, which need face landmarks: "
+                              f"use --detector mtcnn")
     detector = None if args.detect == "off" else faces.make_detector(args.detector, device)
     annotator = Annotator(args.annotate, paths) if args.annotate else None
     workers = args.workers if args.workers is not None else min(8, usable_cores())
-    resize = max(p.preset.resize for p in predictors.values())
     # face index and box columns: always with detection or videos, never without; --detect auto
     # decides on the first face the detector finds (RecordStream holds whole images until then)
     located = True if args.detect == "on" or any(faces.is_video(p) for p in paths) else \
         (False if args.detect == "off" else None)
     fmt = "json" if args.json else "csv" if args.csv else "text"
     stream = RecordStream(SafeWriter(sys.stdout), fmt, predictors, paths, located)
-    units = all_units(paths, args, detector, workers, resize)
+    units = all_units(paths, args, detector, workers, [p.chips for p in predictors.values()])
     failed = predict_all(predict_units(units, predictors, args.batch_size, args.tta,
                                        max_pending=8 if annotator else 256), predictors, stream, annotator)
     if failed:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+import faces
 import losses
 from checkpointing import CheckpointError, check_finite_weights, load_checkpoint
 from datasets import Preset
@@ -41,13 +42,13 @@ class _Checker:
             raise self.fail(f"{what} must be an integer {lo}-{hi}, not {value!r:.40}")
         return int(value)
 
-    def numbers(self, value, what: str, lo: float, hi: float) -> tuple:
-        """Three finite numbers within lo..hi (a per-channel mean or std)."""
-        ok = isinstance(value, (list, tuple)) and len(value) == 3 and all(
+    def numbers(self, value, what: str, lo: float, hi: float, n: int = 3) -> tuple:
+        """``n`` finite numbers within lo..hi (a per-channel mean or std, a point)."""
+        ok = isinstance(value, (list, tuple)) and len(value) == n and all(
             isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and lo <= v <= hi
             for v in value)
         if not ok:
-            raise self.fail(f"{what} must be 3 finite numbers in [{lo}, {hi}], not {value!r:.60}")
+            raise self.fail(f"{what} must be {n} finite numbers in [{lo}, {hi}], not {value!r:.60}")
         return tuple(float(v) for v in value)
 
     def preprocess(self, d) -> Preset:
@@ -57,6 +58,33 @@ class _Checker:
         crop = self.integer(d.get("crop"), "preprocess crop", SIDE_RANGE[0], resize)
         return Preset(resize, crop, self.numbers(d.get("mean"), "preprocess mean", -10, 10),
                       self.numbers(d.get("std"), "preprocess std", 1e-3, 10))
+
+    def chips(self, c, preset: Preset) -> faces.ChipSpec:
+        """The chip spec (faces.ChipSpec); files from before it existed: 'off', unmeasured framing."""
+        if c is None:
+            return faces.ChipSpec("off", preset.resize)
+        if not isinstance(c, dict) or c.get("mode") not in faces.CHIP_MODES:
+            raise self.fail(f"chips mode must be one of {', '.join(faces.CHIP_MODES)}, not "
+                            f"{(c.get('mode') if isinstance(c, dict) else c)!r:.40}")
+        size = self.integer(c.get("size"), "chips size", *SIDE_RANGE)
+        if size != preset.resize:
+            raise self.fail(f"chips size {size} differs from the preprocess resize {preset.resize}")
+        f = c.get("framing")
+        if f is not None and (not isinstance(f, dict) or f.get("detector") != "mtcnn"):
+            raise self.fail("chips framing must be null or the mtcnn box's cx, cy, w, h")
+        framing = None if f is None else faces.Geometry(
+            *self.numbers([f.get(k) for k in ("cx", "cy")], "chips framing centre", -1, 2, n=2),
+            *self.numbers([f.get(k) for k in ("w", "h")], "chips framing size", 0.01, 10, n=2))
+        if c["mode"] == "off":
+            return faces.ChipSpec("off", size, framing=framing)
+        margin = self.numbers([c.get("margin")], "chips margin", 0, 2, n=1)[0]
+        t = c.get("template")
+        if not isinstance(t, (list, tuple)) or len(t) != len(faces.TEMPLATE):
+            raise self.fail(f"chips template must be {len(faces.TEMPLATE)} points (x, y), not {t!r:.60}")
+        template = tuple(self.numbers(point, "chips template point", 0, 1, n=2) for point in t)
+        if math.dist(template[0], template[1]) < 0.05:
+            raise self.fail("chips template puts the eyes at one point")
+        return faces.ChipSpec("aligned", size, margin, template, framing)
 
     def ordinal(self, o, model_args: dict) -> dict:
         if not isinstance(o, dict) or o.get("loss") not in losses.LOSSES:
@@ -88,10 +116,11 @@ class _Checker:
 
 def check_metadata(info: dict, path) -> dict:
     """What a model file declares (a checkpoint, or the metadata of an ONNX file), checked before
-    anything is built: task, classes, preprocessing, model_args and the ordinal head.
+    anything is built: task, classes, preprocessing, face chips, model_args and the ordinal head.
 
-    Returns {"task", "classes", "preset", "ordinal" (None for classifiers), "outputs"}: outputs is
-    the number of values the network must give per image (the classes, or the ordinal head's size).
+    Returns {"task", "classes", "preset", "chips", "ordinal" (None for classifiers), "outputs"}:
+    chips is a faces.ChipSpec, outputs the number of values the network must give per image (the
+    classes, or the ordinal head's size).
     Raises a one-line CheckpointError naming the first unusable field.
     """
     check = _Checker(path)
@@ -102,6 +131,7 @@ def check_metadata(info: dict, path) -> dict:
     if not isinstance(model_args, dict):
         raise check.fail("no 'model_args'")
     preset = check.preprocess(info.get("preprocess"))
+    chips = check.chips(info.get("chips"), preset)
     ordinal = check.ordinal(info.get("ordinal"), model_args) if task == "exact-age" else None
     classes = check.classes(info.get("classes") or [], ordinal)
     if ordinal is not None:
@@ -111,13 +141,15 @@ def check_metadata(info: dict, path) -> dict:
         if model_args.get("head", "linear") != "linear" or model_args.get("num_outputs") != outputs:
             raise check.fail(f"{outputs} class names, but model_args declares {model_args.get('num_outputs')!r:.20} "
                              f"outputs (head {model_args.get('head', 'linear')!r:.20})")
-    return {"task": task, "classes": classes, "preset": preset, "ordinal": ordinal, "outputs": outputs}
+    return {"task": task, "classes": classes, "preset": preset, "chips": chips, "ordinal": ordinal,
+            "outputs": outputs}
 
 
 class Predictor:
     """A checkpoint, rebuilt and ready: uint8 (N,3,R,R) batches -> logits, probabilities, predictions.
 
-    ``task`` is "gender", "age" or "exact-age"; an exact-age model has
+    ``task`` is "gender", "age" or "exact-age"; ``chips`` (faces.ChipSpec) says how
+    its input is cut around a face (inference.py does it); an exact-age model has
     ``ordinal`` = {"loss", "min_age", "num_ranks"[, "ce_mode"]} and predicts
     min_age + losses.predict_rank(logits, loss). Everything the file declares
     is checked on load (``check_metadata``), its weights must be finite, and a
@@ -144,7 +176,7 @@ class Predictor:
     def _describe(self, info: dict) -> None:
         """Task, classes, preprocessing and ordinal decoding from a checkpoint-like dict (checked)."""
         m = check_metadata(info, self.path)
-        self.task, self.classes, self.preset = m["task"], m["classes"], m["preset"]
+        self.task, self.classes, self.preset, self.chips = m["task"], m["classes"], m["preset"], m["chips"]
         self.ordinal, self.outputs = m["ordinal"], m["outputs"]
 
     def _probe(self, forward=None) -> None:
@@ -175,9 +207,11 @@ class Predictor:
     def metadata(self) -> dict[str, str]:
         """What a model file needs besides its weights, as strings (ONNX metadata_props)."""
         meta = {"gac_format": ONNX_FORMAT, "task": str(self.task), "classes": json.dumps(self.classes),
-                "preprocess": json.dumps(self.preset.as_dict()), "model_args": json.dumps(self.ckpt["model_args"]),
+                "preprocess": json.dumps(self.preset.as_dict()), "chips": json.dumps(self.chips.as_dict()),
+                "model_args": json.dumps(self.ckpt["model_args"]),
                 "input": f"float32 (N,3,{self.preset.crop},{self.preset.crop}): RGB/255, minus mean, over std; "
-                         f"from the central {self.preset.crop} px of the image resized to {self.preset.resize} px",
+                         f"the central {self.preset.crop} px of the {self.preset.resize} px face chip that 'chips' "
+                         f"describes",
                 "output": "logits (N, outputs)"}
         if self.ordinal is not None:
             meta["ordinal"] = json.dumps(self.ordinal)
@@ -248,7 +282,8 @@ class OnnxPredictor(Predictor):
             raise CheckpointError(f"{self.path} lacks this toolkit's metadata (task, classes, preprocessing): "
                                   f"export it with python export.py")
         try:
-            info = {k: json.loads(meta[k]) for k in ("classes", "preprocess", "model_args", "ordinal") if k in meta}
+            info = {k: json.loads(meta[k]) for k in ("classes", "preprocess", "chips", "model_args", "ordinal")
+                    if k in meta}
         except json.JSONDecodeError:
             raise CheckpointError(f"{self.path} has corrupt metadata: export it again") from None
         self.ckpt = {"task": meta.get("task"), **info}

@@ -2,7 +2,7 @@
 settings that a checkpoint fixes.
 
 ``--test-only`` and ``--resume`` take the task, network, loss, decoding
-(ordinal rule, age range) and preprocessing from the checkpoint, and resume
+(ordinal rule, age range), preprocessing and face chips from the checkpoint, and resume
 also its training recipe (optimizer, schedule, batch, seed, ...): a flag that
 contradicts the checkpoint is an error, never a silent re-interpretation of
 its weights. Where the data lies is taken from the checkpoint unless given
@@ -38,7 +38,8 @@ LAST_RESORT = {"optimizer": "adam", "loss": "coral", "ce_mode": "argmax", "lr_ga
 
 
 # fixed by a checkpoint: evaluation and resume take them from it
-MODEL_KEYS = ("task", "arch", "dropout", "resize", "crop", "loss", "ce_mode", "min_age", "max_age")
+MODEL_KEYS = ("task", "arch", "dropout", "resize", "crop", "loss", "ce_mode", "min_age", "max_age", "face_chips",
+              "chip_margin", "no_face")
 # the run's training recipe: resume takes it from the checkpoint
 TRAINING_KEYS = ("recipe", "optimizer", "lr", "lr_step", "lr_gamma", "weight_decay", "schedule", "batch_size",
                  "mixup", "aug", "ema_epochs", "label_smoothing", "imp_weight", "val_split", "bias_init",
@@ -79,6 +80,9 @@ def checkpoint_settings(ckpt: dict) -> dict:
     out.update(task=ckpt.get("task"), arch=model_args.get("arch"), dropout=model_args.get("dropout"),
                resize=preprocess.get("resize"), crop=preprocess.get("crop"),
                loss=None, ce_mode=None, min_age=None, max_age=None)
+    chips = ckpt.get("chips") if isinstance(ckpt.get("chips"), dict) else {"mode": "off"}  # older: off
+    out.update(face_chips=chips.get("mode"), chip_margin=chips.get("margin"),
+               no_face=ran.get("no_face") if chips.get("mode") == "aligned" else None)
     ordinal = ckpt.get("ordinal")
     if isinstance(ordinal, dict):
         out.update(loss=ordinal.get("loss"), ce_mode=ordinal.get("ce_mode", "argmax"),

@@ -37,6 +37,7 @@ def make_checkpoint(model, optimizer, scheduler, state, history, ctx, args) -> d
         "classes": list(ctx["classes"]),
         "model_args": dict(ctx["model_args"]),
         "preprocess": ctx["preset"].as_dict(),
+        "chips": ctx.get("chips"),  # how faces are cut for this model (faces.ChipSpec.as_dict)
         # model_state is what evaluation and predict.py use: the averaged weights when
         # --ema-epochs is on, and then train_state holds the raw ones to resume from
         "model_state": {k: v.detach().cpu() for k, v in (ema.module if ema else raw).state_dict().items()},
