@@ -261,10 +261,14 @@ def prepare(args, sel: ds.Selection, preset: ds.Preset, source: Path | None, out
     checkpoint stores it). ``source``: the checkpoint that --resume or --test-only reads."""
     spec = run_spec(args, preset, source)
     load = framing = None
-    if spec.mode == "aligned":
-        sel, load, framing = chip_selection(sel, spec, args, out, env)
-    elif source is None and args.framing_sample and env["rank"] == 0:
-        framing = sampled_framing(sel.train.paths, args, env["log"])
+    # building the detector initialises its layers from torch's random generator before loading
+    # their weights: fork it, so that a seeded run draws the same weights and batches with or
+    # without the framing measurement (and every process keeps the same generator)
+    with torch.random.fork_rng(devices=[]):
+        if spec.mode == "aligned":
+            sel, load, framing = chip_selection(sel, spec, args, out, env)
+        elif source is None and args.framing_sample and env["rank"] == 0:
+            framing = sampled_framing(sel.train.paths, args, env["log"])
     if source is None and framing is not None:
         spec = dataclasses.replace(spec, framing=framing)
         env["log"](f"framing: {describe_framing(framing)} in the training images (medians); predict.py frames "

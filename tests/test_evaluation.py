@@ -245,3 +245,17 @@ def test_strong_augmentation_resizes_float_tensors(monkeypatch):
     out = ds.Preset(40, 32).train_batch_strong(batch, torch.Generator().manual_seed(0))
     assert out.shape == (6, 3, 32, 32) and out.dtype == torch.float32 and torch.isfinite(out).all()
     assert seen and all(d == torch.float32 for d in seen)
+
+
+def test_measuring_the_framing_leaves_a_seeded_run_unchanged(tmp_path):
+    """The detector that measures the training images' framing is built from torch's
+    random generator: a seeded run must train the same with or without it."""
+    data = make_folder_dataset(tmp_path / "d", n_train=4, n_test=2)
+    states = []
+    for sample in ("0", "8"):
+        out = tmp_path / f"o{sample}"
+        assert gac.cli([*TINY, "--data-dir", str(data), "--checkpoint-dir", str(out), "-ep", "1", "--arch",
+                        "resnet18", "--resize", "40", "--crop", "32", "--framing-sample", sample]) == 0
+        states.append(load_checkpoint(out / "checkpoint_last.tar"))
+    assert states[0]["iter_losses"] == states[1]["iter_losses"]
+    assert all(torch.equal(v, states[1]["train_state"][k]) for k, v in states[0]["train_state"].items())
