@@ -30,17 +30,15 @@ from torch import nn
 
 import datasets as ds
 import face_chips
-import losses
 import run_folder
 import settings
 import trainer
 from arg_checks import ArgumentError, validate_args
-from checkpointing import CheckpointError, check_finite_weights, load_checkpoint, transfer_weights
+from checkpointing import CheckpointError, load_checkpoint
 from engine import Stopper, TrainingDiverged, make_ema, make_optimizer, make_scheduler, steps_per_epoch
-from models import ARCHITECTURES, build_model, default_input_geometry, output_bias, output_layer_names
-from runtime import DeviceError, bf16_is_fast, configure_threads, init_distributed, resolve_device, \
-    show_progress, shutdown_distributed
-from tasks import ClassificationTask, OrdinalTask
+from models import ARCHITECTURES, build_model
+from run_setup import base_context, describe_run, load_data, make_model, make_preset, make_task, start_runtime
+from runtime import DeviceError, shutdown_distributed
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -178,97 +176,6 @@ def add_run_args(p) -> None:
                         "once the new run saves its first checkpoint (default: refuse; --resume continues it)")
     p.add_argument("--resume-anyway", action="store_true",
                    help="--resume even though the data changed since the checkpoint (default: refuse)")
-
-
-def make_preset(args) -> ds.Preset:
-    resize, crop = default_input_geometry(args.arch)
-    preset = ds.Preset(args.resize or resize, args.crop or crop)
-    if preset.crop > preset.resize:
-        raise ds.DatasetError(f"--crop {preset.crop} is larger than --resize {preset.resize}")
-    if args.arch == "levi_hassner" and preset.crop != 227:
-        raise ds.DatasetError("the Levi-Hassner network takes 227x227 inputs: use --crop 227")
-    return preset
-
-
-def load_data(sel: ds.Selection, preset: ds.Preset, mode: str, env: dict, args, out: Path, load=None):
-    """Decode (or check) the three splits; report unreadable images. -> (train, val, test)."""
-    rank, log = env["rank"], env["log"]
-    progress = show_progress(args.no_progress, rank)
-    split = lambda samples: ds.build_split(samples, preset, mode, env["workers"], progress, rank, env["world"], load)
-    train_data, bad = split(sel.train)
-    test_data, bad_test = split(sel.test)
-    val_data, bad_val = split(sel.val) if sel.val else (test_data, [])
-    bad_all = bad + bad_val + bad_test
-    if rank == 0:
-        ds.report_bad(bad_all, out, args.strict, log)
-        if bad_all:
-            log(f"images used: train {len(train_data)}, val {len(val_data) if sel.val else '(test)'}, "
-                f"test {len(test_data)}")
-    elif bad_all and args.strict:
-        raise ds.DatasetError("unreadable images (see rank 0)")
-    if len(train_data) == 0:
-        raise ds.DatasetError("no readable training images")
-    if args.task != "exact-age" and len(set(train_data.targets.tolist())) < 2:
-        raise ds.DatasetError(f"fewer than 2 classes have readable training images in {sel.train.root}")
-    return train_data, val_data, test_data
-
-
-def make_task(args, name: str, classes: list, train_targets: torch.Tensor):
-    """-> (task, model_args): the loss and metrics, and the network's arguments."""
-    if name == "exact-age":
-        k = len(classes)
-        weights = losses.task_importance_weights(train_targets, k) if args.imp_weight and train_targets is not None \
-            else None
-        task = OrdinalTask(args.loss, k, int(classes[0]), weights, args.ce_mode)
-        return task, {"arch": args.arch, "num_outputs": losses.head_output_size(args.loss, k),
-                      "dropout": args.dropout, "head": args.loss, "num_ranks": k}
-    task = ClassificationTask(classes, args.label_smoothing)
-    return task, {"arch": args.arch, "num_outputs": len(classes), "dropout": args.dropout}
-
-
-def make_model(args, model_args: dict, task, classes: list, train_targets, device, log) -> nn.Module:
-    """The network, from --init-from or random weights, with the prior bias for exact age."""
-    model = build_model(**model_args).to(device)
-    if args.init_from:
-        source = load_checkpoint(args.init_from)
-        check_finite_weights(source["model_state"], args.init_from)
-        fresh = transfer_weights(model, source, args.init_from, args.arch, classes, output_layer_names(model))
-        log(f"initialised from {args.init_from} ({source.get('task')}, classes {source.get('classes')}); "
-            f"own initialisation kept for: {', '.join(sorted(fresh)) or 'nothing'}")
-    if task.kind == "ordinal" and args.bias_init == "prior":
-        with torch.no_grad():
-            output_bias(model).copy_(losses.prior_bias(args.loss, train_targets, task.k))
-    # channels_last: measured 41 vs 29 img/s for a CPU training step here (oneDNN
-    # prefers NHWC), and the usual win on CUDA tensor cores
-    return model.to(memory_format=torch.channels_last)
-
-
-def start_runtime(args) -> dict:
-    """Device, processes, threads and decode workers of this run."""
-    device = resolve_device(args.device)
-    if args.amp is None:
-        args.amp = bf16_is_fast(device)
-    rank, world = init_distributed(device)
-    default_workers = configure_threads(args.threads, world)
-    return {"device": device, "rank": rank, "world": world,
-            "workers": default_workers if args.workers is None else args.workers,
-            "log": print if rank == 0 else (lambda *a, **k: None)}
-
-
-def describe_run(name: str, sel: ds.Selection, preset: ds.Preset, mode: str, why: str, args, env) -> str:
-    what = f"ages {sel.classes[0]}-{sel.classes[-1]} ({len(sel.classes)} ranks), loss {args.loss}" \
-        if name == "exact-age" else f"{len(sel.classes)} classes {sel.classes}"
-    return (f"{name}: {what}; {args.arch} {preset.crop}x{preset.crop}; train {len(sel.train)}, "
-            f"val {len(sel.val) if sel.val else '(test)'}, test {len(sel.test)}; "
-            f"data: {mode} ({why}); device {env['device']}{' bf16' if args.amp else ''}, "
-            f"{env['world']} process(es), {torch.get_num_threads()} threads each")
-
-
-def base_context(name: str, task, classes: list, preset: ds.Preset, mode: str, model_args: dict, env) -> dict:
-    """What evaluation needs to know about the run (training adds its own entries)."""
-    return {"task_name": name, "task": task, "classes": classes, "device": env["device"], "preset": preset,
-            "rank": env["rank"], "world": env["world"], "workers": env["workers"] if mode == "stream" else 0,
-            "model_args": model_args, "num_outputs": model_args["num_outputs"], "channels_last": True}
 
 
 def evaluate_checkpoint(args, name: str, out: Path, source: Path, env) -> dict:
