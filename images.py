@@ -19,7 +19,6 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image, ImageFile, ImageOps
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm")
@@ -198,8 +197,10 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img
 
 
-def pil_to_uint8_tensor(img: Image.Image) -> torch.Tensor:
-    """RGB PIL image -> uint8 tensor (3, H, W)."""
+def pil_to_uint8_tensor(img: Image.Image) -> torch.Tensor:  # noqa: F821 (torch: imported when used)
+    """RGB PIL image -> uint8 tensor (3, H, W). (torch is imported here, not with this module:
+    predict.py's decode workers start before torch is loaded, and never need it.)"""
+    import torch
     return torch.from_numpy(np.array(img, dtype=np.uint8, copy=True)).permute(2, 0, 1).contiguous()
 
 
@@ -217,6 +218,6 @@ def resize_square(img: Image.Image, size: int) -> Image.Image:
     return img.crop((left, top, left + size, top + size))
 
 
-def decode_resized(path: str | os.PathLike, size: int) -> torch.Tensor:
+def decode_resized(path: str | os.PathLike, size: int) -> torch.Tensor:  # noqa: F821
     """File -> uint8 (3, size, size): the one decode step of every pipeline."""
     return pil_to_uint8_tensor(resize_square(load_rgb(path, min_side=size), size))

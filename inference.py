@@ -11,17 +11,15 @@ from __future__ import annotations
 import functools
 import itertools
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from PIL import Image
 
 import faces
 from datasets import load_all
-from images import (IMG_EXTENSIONS, BadImageError, is_hidden, is_image_file, load_rgb, pil_to_uint8_tensor,
-                    resize_square, walk_files)
+from images import BadImageError, load_rgb, pil_to_uint8_tensor, resize_square
+from inputs import collect_inputs, is_input_file  # noqa: F401 (re-exported: bench.py)
 from predictor import Predictor
-from samples import DatasetError
 
 
 @dataclass
@@ -84,14 +82,16 @@ def whole_image(img: Image.Image, chips, found: list = (), detector=None) -> Reg
 
 
 def find_regions(img: Image.Image, mode: str, detector, chips,
-                 detect_size: int = faces.DETECT_SIZE) -> list[Region]:
+                 detect_size: int = faces.DETECT_SIZE, found: list | None = None) -> list[Region]:
     """RGB image -> regions to predict on, per ``mode`` (auto/on/off, see the module doc), with a square
     per ChipSpec of ``chips`` (``chip_specs``). ``auto`` predicts an image whole when it is framed like
-    the training images of any of the specs (each spec still gets its own framing)."""
+    the training images of any of the specs (each spec still gets its own framing). ``found``: the
+    image's faces when they were already searched (decode_pool.py), else they are searched here."""
     chips = chip_specs(chips)
     if mode == "off":
         return [whole_image(img, chips)]
-    found = faces.detect_faces(detector, img, detect_size)
+    if found is None:
+        found = faces.detect_faces(detector, img, detect_size)
     if mode == "auto" and any(is_crop_for(img, found, c, detector) for c in chips):
         return [whole_image(img, chips, found, detector)]
     if not found:
@@ -134,30 +134,6 @@ def video_units(path: str, every: int, mode: str, detector, keep_frames: bool, c
                 yield Unit(path, index, t, video.fps, img, sampled=False)
     except faces.FaceError as e:
         yield Unit(path, error=str(e))
-
-
-def is_input_file(name: str) -> bool:
-    """An image or a video (not hidden): what a folder given to predict.py is searched for."""
-    return is_image_file(name) or (not is_hidden(name) and faces.is_video(name))
-
-
-def collect_inputs(inputs: list[str]) -> list[str]:
-    """Files as given (any suffix: a bad one is reported later), folders searched at any depth
-    for images and videos."""
-    paths = []
-    for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            found = walk_files(p, is_input_file)
-            if not found:
-                raise DatasetError(f"folder {p} has no images ({', '.join(IMG_EXTENSIONS[:4])}, ...) "
-                                      f"or videos ({', '.join(faces.VIDEO_EXTENSIONS[:2])}, ...)")
-            paths += [str(f) for f in found]
-        elif p.exists() or p.is_symlink():
-            paths.append(str(p))
-        else:
-            raise DatasetError(f"{p} does not exist")
-    return paths
 
 
 def all_units(paths: list[str], args, detector, workers: int, chips: list):

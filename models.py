@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from resnet import ResNet
+
 # Input geometry of the Levi-Hassner network: images are resized so the
 # shorter side is 256, then a 227x227 crop is taken (random for training,
 # central for evaluation). The fully connected layer fixes 227 exactly.
@@ -76,7 +78,8 @@ class LeviHassnerNet(nn.Module):
 
 
 class ResNetRegressor(nn.Module):
-    """A torchvision ResNet trunk with a task head in place of ``fc``.
+    """A ResNet trunk (``resnet.py``: torchvision's ResNet, without importing torchvision) with a
+    task head in place of ``fc``.
 
     ``head`` maps the pooled (N, 512) features to the outputs; for ordinal
     losses it is one of the heads in ``losses.py`` (CORAL's shared weight and
@@ -85,12 +88,7 @@ class ResNetRegressor(nn.Module):
 
     def __init__(self, depth: int, head: nn.Module):
         super().__init__()
-        from torchvision.models import resnet18, resnet34
-
-        factories = {18: resnet18, 34: resnet34}
-        if depth not in factories:
-            raise ValueError(f"unsupported ResNet depth {depth}")
-        trunk = factories[depth](weights=None)  # never downloads anything
+        trunk = ResNet(depth)
         trunk.fc = nn.Identity()
         self.trunk = trunk
         self.head = head

@@ -40,15 +40,23 @@ import sys
 from pathlib import Path
 
 import faces
-from checkpointing import CheckpointError, expect
-from datasets import TASK_DATA
+from cores import usable_cores
+from decode_pool import MIN_FACE, Feed, detected_units, pool_size
 from images import is_hidden
-from inference import all_units, collect_inputs, predict_units
-from prediction_output import (Annotator, OutputError, RecordStream, SafeWriter, face_label, printable,
-                               unit_records)
-from predictor import load_predictor
-from runtime import DeviceError, bf16_is_fast, resolve_device, usable_cores
+from inputs import collect_inputs
 from samples import DatasetError
+
+# Start-up: this module imports neither torch nor OpenCV, ONNX or a detector's package. main()
+# lists the inputs, makes the detector and starts the decode pool first (its processes need no
+# torch with the yunet detector), then imports the modules that load torch (inside the functions
+# that use them), so decoding and detection overlap torch's import and the models' loading; with
+# --no-detect, nothing of a detector is imported at all.
+
+# torch's OpenMP threads spin while they wait; on cores shared with the decode pool or any other
+# work that made a forward pass up to 30x slower (ResNet-18, one 64 px image: 638 ms vs 19 ms;
+# predict.py --no-detect on 100 crops: 8.2 s vs 3.2 s). Passive waiting, unless the user set
+# it; read when torch is imported, which this module does not do.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # option -> the task its checkpoint must be for
 MODEL_OPTIONS = {"gender_checkpoint": "gender", "age_checkpoint": "age", "exact_age_checkpoint": "exact-age"}
@@ -75,9 +83,13 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         "off: predict every image whole")
     f.add_argument("--no-detect", dest="detect", action="store_const", const="off",
                    help="same as --detect off: the inputs are face crops")
-    f.add_argument("--detector", choices=faces.DETECTORS, default="mtcnn", help="face detector (see faces.py)")
+    f.add_argument("--detector", choices=faces.DETECTORS, default="yunet",
+                   help="face detector: yunet (fast), mtcnn, haar (see detectors.py, faces.py)")
     f.add_argument("--detect-size", type=int, default=faces.DETECT_SIZE,
                    help="search photos at most this many pixels on their longer side")
+    f.add_argument("--min-face", type=float, default=MIN_FACE, metavar="FRACTION",
+                   help="smallest face to look for, as a fraction of the image's shorter side: photos are searched "
+                        "at the size where such a face is 20 px (0: search at --detect-size)")
     f.add_argument("--every", type=int, default=1, metavar="N", help="in videos, predict every N-th frame")
     f.add_argument("--annotate", default=None, metavar="OUT_DIR",
                    help="write each image (and video) with boxes and labels drawn into OUT_DIR")
@@ -92,8 +104,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     return p
 
 
-def build_predictors(args, task: str, device: torch.device, amp: bool) -> dict:
+def build_predictors(args, task: str, device: torch.device, amp: bool) -> dict:  # noqa: F821
     """{output key: Predictor} for the models asked for (the default checkpoint when none)."""
+    from checkpointing import CheckpointError, expect
+    from predictor import load_predictor
     asked = [(getattr(args, opt), want) for opt, want in MODEL_OPTIONS.items() if getattr(args, opt)]
     legacy = args.onnx or args.checkpoint
     if legacy or not asked:
@@ -115,37 +129,75 @@ def build_predictors(args, task: str, device: torch.device, amp: bool) -> dict:
 
 def main(args) -> int:
     task = "age" if args.age else "gender"
-    inputs = args.inputs or [str(Path(TASK_DATA[task]) / "predict")]
+    inputs = args.inputs or [str(default_folder(task) / "predict")]
     if not args.inputs and not Path(inputs[0]).is_dir():
         raise DatasetError(f"default folder {inputs[0]} not found: pass image files or folders")
     for name, least in (("batch_size", 1), ("every", 1), ("detect_size", 32)):
         if getattr(args, name) < least:
             raise DatasetError(f"--{name.replace('_', '-')} must be at least {least}")
-    device = resolve_device(args.device)
-    amp = bf16_is_fast(device) if args.amp is None else args.amp
+    if not 0 <= args.min_face < 1:
+        raise DatasetError(f"--min-face must be a fraction of the image's side, 0 to 1, not {args.min_face}")
+    paths = collect_inputs(inputs)
+    # MTCNN is a torch model that runs on the device; the other detectors run on the CPU, and need
+    # no torch, so their decode pool starts before torch is imported
+    device = resolve_device(args.device) if args.detector == "mtcnn" and args.detect != "off" else None
+    detector = None if args.detect == "off" else faces.make_detector(args.detector, device or "cpu")
+    workers = args.workers if args.workers is not None else min(8, usable_cores())
+    feed = None if detector is None else Feed(paths, args, detector, pool_size(paths, workers, detector, device))
+    try:
+        from runtime import bf16_is_fast
+        device = device or resolve_device(args.device)
+        amp = bf16_is_fast(device) if args.amp is None else args.amp
+        return predict_paths(args, task, paths, detector, feed, workers, device, amp)
+    finally:
+        if feed is not None:
+            feed.close()
 
+
+def default_folder(task: str) -> Path:
+    """The task's default data folder (gender-data, age-data)."""
+    from datasets import TASK_DATA
+    return Path(TASK_DATA[task])
+
+
+def resolve_device(name: str):
+    """runtime.resolve_device (imported here: it loads torch)."""
+    from runtime import resolve_device as resolve
+    return resolve(name)
+
+
+def predict_units(units, predictors: dict, batch_size: int, tta: bool = False, max_pending: int = 256):
+    """inference.predict_units (imported here: it loads torch)."""
+    from inference import predict_units as predict
+    return predict(units, predictors, batch_size, tta, max_pending)
+
+
+def predict_paths(args, task: str, paths: list[str], detector, feed: Feed | None, workers: int, device, amp) -> int:
+    """Load the models and predict on ``paths``, faces found by ``feed`` (None with --detect off)."""
+    from checkpointing import expect
+    from inference import all_units
+    from prediction_output import Annotator, RecordStream, SafeWriter
     predictors = build_predictors(args, task, device, amp)
     if not args.inputs and task in predictors:
-        train = Path(TASK_DATA[task]) / "train"
+        train = default_folder(task) / "train"
         if train.is_dir():
             found = sorted(d.name for d in train.iterdir() if d.is_dir() and not is_hidden(d.name))
             p = predictors[task]
             expect(p.ckpt, p.path, classes=found)
-    paths = collect_inputs(inputs)
     aligned = [str(p.path) for p in predictors.values() if p.chips.mode == "aligned"]
     if aligned and args.detect != "off" and args.detector == "haar":  # the one detector without landmarks
         raise faces.FaceError(f"{aligned[0]} was trained on aligned face chips, which need face landmarks: "
                               f"use --detector mtcnn")
-    detector = None if args.detect == "off" else faces.make_detector(args.detector, device)
     annotator = Annotator(args.annotate, paths) if args.annotate else None
-    workers = args.workers if args.workers is not None else min(8, usable_cores())
     # face index and box columns: always with detection or videos, never without; --detect auto
     # decides on the first face the detector finds (RecordStream holds whole images until then)
     located = True if args.detect == "on" or any(faces.is_video(p) for p in paths) else \
         (False if args.detect == "off" else None)
     fmt = "json" if args.json else "csv" if args.csv else "text"
     stream = RecordStream(SafeWriter(sys.stdout), fmt, predictors, paths, located)
-    units = all_units(paths, args, detector, workers, [p.chips for p in predictors.values()])
+    chips = [p.chips for p in predictors.values()]
+    units = all_units(paths, args, None, workers, chips) if feed is None else \
+        detected_units(feed, args, detector, chips)
     failed = predict_all(predict_units(units, predictors, args.batch_size, args.tta,
                                        max_pending=8 if annotator else 256), predictors, stream, annotator)
     if failed:
@@ -154,10 +206,11 @@ def main(args) -> int:
     return 0
 
 
-def predict_all(predicted, predictors: dict, stream: RecordStream, annotator: Annotator | None) -> int:
+def predict_all(predicted, predictors: dict, stream, annotator) -> int:
     """Print the records of each (unit, results) of ``predicted`` as it comes and annotate it;
     report unreadable inputs on stderr. Returns their number. After an error or an interrupt the
     records so far are still printed and no half-written annotated file is left."""
+    from prediction_output import face_label, printable, unit_records
     failed = 0
     try:
         for unit, results in predicted:
@@ -181,11 +234,21 @@ def predict_all(predicted, predictors: dict, stream: RecordStream, annotator: An
     return failed
 
 
+def usage_errors() -> tuple:
+    """The errors that are a one-line message and exit status 2 (their modules are imported when
+    one is being handled: they load torch)."""
+    from checkpointing import CheckpointError
+    from prediction_output import OutputError
+    from runtime import DeviceError
+    return DatasetError, CheckpointError, DeviceError, faces.FaceError, OutputError
+
+
 def cli(argv=None) -> int:
     args = get_args_parser().parse_args(argv)
     try:
         return main(args)
-    except (DatasetError, CheckpointError, DeviceError, faces.FaceError, OutputError) as e:
+    except usage_errors() as e:
+        from prediction_output import printable
         print(f"error: {printable(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,7 +1,7 @@
 """Where the work runs: device, bf16, CPU threads and torchrun processes.
 
-Used by training and prediction alike; it imports no other module of the
-toolkit. Every distributed helper is a no-op in a single process.
+Used by training and prediction alike; of the toolkit it imports only cores.py.
+Every distributed helper is a no-op in a single process.
 """
 from __future__ import annotations
 
@@ -11,18 +11,11 @@ import sys
 import torch
 import torch.distributed as dist
 
+from cores import usable_cores  # noqa: F401 (re-exported)
+
 
 class DeviceError(Exception):
     """The device asked for cannot be used; the message says what to do instead."""
-
-
-def usable_cores() -> int:
-    """The CPUs this process may run on: its affinity (taskset, a container's
-    cpuset, a test worker pinned to one core), not the machine's total, which
-    would start more threads and decode workers than there are cores to run them."""
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return os.cpu_count() or 1
 
 
 def local_rank() -> int:
