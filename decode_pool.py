@@ -19,8 +19,10 @@ otherwise it is searched again at full detail (up to ``--detect-size``), so
 faces too small to see at the coarse size are still found in photos.
 
 Workers are forked from the main process (they share its detector and
-modules), run torch on one thread each, and ignore Ctrl-C: the main process
-stops them.
+modules) and ignore Ctrl-C: the main process stops them. With YuNet or the
+Haar cascade they are forked before torch is imported and never load it;
+MTCNN's workers come after it and run torch on one thread each; MTCNN on a
+GPU runs in the main process (``pool_size``).
 """
 from __future__ import annotations
 
