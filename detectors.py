@@ -86,6 +86,9 @@ class YunetDetector:
 
     name = "yunet"
 
+    # On the benchmark's 100 pasted faces every threshold from 0.5 to 0.8 kept 100/100 and none
+    # found a face in the 50 empty photos; the other detections on the photos (mostly real faces
+    # in the crops' own backgrounds) were 8 at 0.5, 6 at 0.6, 4 at 0.7, 3 at 0.8 (MTCNN: 7).
     def __init__(self, min_score: float = 0.6):
         self._detect = _import_yuface().detect
         self.geometry = faces.GEOMETRY[self.name]
