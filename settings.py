@@ -132,7 +132,7 @@ def checkpoint_to_use(args, out: Path) -> Path:
 
 
 def resolve_defaults(args, name: str) -> None:
-    """Fill every unset flag from the task's recipe (RECIPES), in place, and check them."""
+    """Fill every unset flag from the task's recipe (RECIPES), in place (arg_checks checks them)."""
     ordinal = name == "exact-age"
     if args.sgd and args.optimizer is None:
         args.optimizer = "sgd"
@@ -144,9 +144,6 @@ def resolve_defaults(args, name: str) -> None:
     args.dataset = args.dataset or ("utkface" if ordinal else "imagefolder")
     if args.dry_run:
         args.epochs = 1
-    for opt in ("batch_size", "epochs", "eval_every", "save_every", "lr_step"):
-        if getattr(args, opt) < 1:
-            raise DatasetError(f"--{opt.replace('_', '-')} must be at least 1, got {getattr(args, opt)}")
 
 
 def resolve(args, given: set[str]) -> tuple[str, Path, Path | None]:
