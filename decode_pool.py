@@ -60,12 +60,13 @@ class Search:
     mode: str = "on"
     detect_size: int = faces.DETECT_SIZE
     min_face: float = MIN_FACE
+    exact: bool = False  # as training chips are made: every image at detect_size, no coarse pass
 
     def side(self, size: tuple) -> int:
         """The longer side an image of ``size`` (W, H) is searched at: at most ``detect_size``, and
         no more than a face of ``min_face`` times its shorter side needs to be FACE_PX."""
         w, h = size
-        if self.min_face <= 0:
+        if self.min_face <= 0 or self.exact:
             return self.detect_size
         return max(32, min(self.detect_size, math.ceil(max(w, h) * FACE_PX / (self.min_face * min(w, h)))))
 
@@ -74,7 +75,7 @@ def find_faces(imgs: list, detector, search: Search) -> list[list]:
     """The faces of each RGB PIL image (``faces.detect_faces`` order), batched, each searched at
     ``search.side``; mode "auto" searches squarish images at ``COARSE_SIZE`` first (module doc)."""
     found = [None] * len(imgs)
-    if search.mode == "auto":
+    if search.mode == "auto" and not search.exact:
         coarse = min(COARSE_SIZE, search.detect_size)
         squarish = [i for i, img in enumerate(imgs) if 0.8 <= img.width / img.height <= 1.25]
         for i, f in zip(squarish, faces.detect_faces_batch(detector, [imgs[i] for i in squarish], coarse)):
@@ -217,9 +218,9 @@ class Feed:
     """Decoded inputs and their faces, computed ahead in a ``Pool``: iterate over ``results()``
     for (meta, image, faces, error) in input order; ``close()`` stops the workers."""
 
-    def __init__(self, paths: list[str], args, detector, workers: int):
+    def __init__(self, paths: list[str], args, detector, workers: int, exact: bool = False):
         self.source = entries(paths, args.every, args.annotate is not None)
-        self.pool = Pool(detector, Search(args.detect, args.detect_size, args.min_face), workers)
+        self.pool = Pool(detector, Search(args.detect, args.detect_size, args.min_face, exact), workers)
         self.exhausted, self.held = False, 0
         self.pending = collections.deque()
         self._fill()

@@ -188,6 +188,12 @@ def predict_paths(args, task: str, paths: list[str], detector, feed: Feed | None
     if aligned and args.detect != "off" and args.detector == "haar":  # the one detector without landmarks
         raise faces.FaceError(f"{aligned[0]} was trained on aligned face chips, which need face landmarks: "
                               f"use --detector mtcnn")
+    if aligned and feed is not None:
+        # aligned chips were made from MTCNN's landmarks on the whole image: find faces the same way
+        # (another detector's landmarks, or a coarse search, shift the chip: 100/108 instead of 102/108)
+        feed.close()
+        detector = faces.make_detector("mtcnn", device)
+        feed = Feed(paths, args, detector, pool_size(paths, workers, detector, device), exact=True)
     annotator = Annotator(args.annotate, paths) if args.annotate else None
     # face index and box columns: always with detection or videos, never without; --detect auto
     # decides on the first face the detector finds (RecordStream holds whole images until then)
@@ -198,8 +204,12 @@ def predict_paths(args, task: str, paths: list[str], detector, feed: Feed | None
     chips = [p.chips for p in predictors.values()]
     units = all_units(paths, args, None, workers, chips) if feed is None else \
         detected_units(feed, args, detector, chips)
-    failed = predict_all(predict_units(units, predictors, args.batch_size, args.tta,
-                                       max_pending=8 if annotator else 256), predictors, stream, annotator)
+    try:
+        failed = predict_all(predict_units(units, predictors, args.batch_size, args.tta,
+                                           max_pending=8 if annotator else 256), predictors, stream, annotator)
+    finally:
+        if feed is not None:
+            feed.close()  # this function's own feed, when it replaced main's for aligned models
     if failed:
         print(f"error: {failed} of {len(paths)} input(s) could not be read", file=sys.stderr)
         return 1

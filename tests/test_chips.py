@@ -491,3 +491,28 @@ def test_test_only_and_resume_take_the_chip_spec_from_the_checkpoint(trained, tm
     # the resumed run keeps the checkpoint's spec, its measured framing included
     assert load_checkpoint(run / "checkpoint_last.tar")["chips"] == \
         load_checkpoint(trained["aligned"] / "model_best.tar")["chips"]
+
+
+def test_aligned_models_find_faces_as_their_chips_were_made(tmp_path, monkeypatch, capsys):
+    """Whatever the default detector, an aligned model's faces come from MTCNN's landmarks on the
+    whole image (no coarse first pass): another detector's landmarks shift the chip (measured on
+    gender-data/test: 100/108 instead of the run's own 102/108)."""
+    import decode_pool
+    made, searches = [], []
+    monkeypatch.setattr(faces, "make_detector", lambda name, device="cpu": made.append(name) or DotDetector())
+    real_feed = decode_pool.Feed.__init__
+
+    def spy(self, paths, args, detector, workers, exact=False):
+        searches.append(exact)
+        real_feed(self, paths, args, detector, workers, exact)
+
+    monkeypatch.setattr(decode_pool.Feed, "__init__", spy)
+    spec = faces.ChipSpec("aligned", 256, 0.3)
+    ck = with_chips(untrained_checkpoint(tmp_path / "u.tar", arch="resnet18"), tmp_path / "a.tar", spec.as_dict())
+    draw_face(0, 0, 200).save(tmp_path / "face.png")
+    _predict(capsys, tmp_path / "face.png", "--checkpoint", ck)
+    assert made == ["yunet", "mtcnn"] and searches == [False, True]
+    made.clear(), searches.clear()
+    plain = untrained_checkpoint(tmp_path / "p.tar", arch="resnet18")  # not aligned: the default detector
+    _predict(capsys, tmp_path / "face.png", "--checkpoint", plain)
+    assert made == ["yunet"] and searches == [False]
