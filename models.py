@@ -9,8 +9,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from resnet import ResNet
-
 # Input geometry of the Levi-Hassner network: images are resized so the
 # shorter side is 256, then a 227x227 crop is taken (random for training,
 # central for evaluation). The fully connected layer fixes 227 exactly.
@@ -78,8 +76,8 @@ class LeviHassnerNet(nn.Module):
 
 
 class ResNetRegressor(nn.Module):
-    """A ResNet trunk (``resnet.py``: torchvision's ResNet, without importing torchvision) with a
-    task head in place of ``fc``.
+    """A torchvision ResNet trunk with a task head in place of ``fc`` (torchvision is imported
+    only when a ResNet is built: its import costs about a second that Levi-Hassner runs skip).
 
     ``head`` maps the pooled (N, 512) features to the outputs; for ordinal
     losses it is one of the heads in ``losses.py`` (CORAL's shared weight and
@@ -88,7 +86,12 @@ class ResNetRegressor(nn.Module):
 
     def __init__(self, depth: int, head: nn.Module):
         super().__init__()
-        trunk = ResNet(depth)
+        from torchvision.models import resnet18, resnet34
+
+        factories = {18: resnet18, 34: resnet34}
+        if depth not in factories:
+            raise ValueError(f"unsupported ResNet depth {depth}")
+        trunk = factories[depth](weights=None)  # never downloads anything
         trunk.fc = nn.Identity()
         self.trunk = trunk
         self.head = head
@@ -104,12 +107,6 @@ ARCHITECTURES = ("levi_hassner", "resnet18", "resnet34")
 def output_layer(model: nn.Module) -> nn.Module:
     """The last layer: the linear classifier or the ordinal head."""
     return model.classifier[-1] if isinstance(model, LeviHassnerNet) else model.head
-
-
-def feature_extractor(model: nn.Module) -> nn.Module:
-    """The convolutional part: the Levi-Hassner conv blocks or the ResNet trunk
-    (what a fine-tuning run may train at a lower learning rate)."""
-    return model.features if isinstance(model, LeviHassnerNet) else model.trunk
 
 
 def output_layer_names(model: nn.Module) -> set[str]:

@@ -9,7 +9,6 @@ import io
 import json
 import math
 import os
-from pathlib import Path
 
 import matplotlib
 
@@ -115,9 +114,3 @@ def write_jsonl(records: list[dict], path) -> None:
 
 def write_json(obj, path) -> None:
     atomic_write_text(path, to_json(obj, indent=2) + "\n")
-
-
-def ensure_dir(path) -> Path:
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    return path

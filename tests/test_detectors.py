@@ -1,5 +1,4 @@
-"""Issue 19: the YuNet detector, batched detection, the decode pool, lazy imports and the
-torchvision-free ResNet.
+"""Issue 19: the YuNet detector, batched detection, the decode pool, and lazy imports.
 
 Real face crops of the shared data are pasted onto backgrounds at known places; tiny
 untrained checkpoints stand in for trained models.
@@ -17,7 +16,6 @@ import decode_pool
 import faces
 import images
 import predict
-import resnet
 from bench_predict import untrained_checkpoint
 from checkpointing import first_non_finite
 from conftest import ROOT
@@ -206,21 +204,7 @@ def test_the_decode_pool_starts_before_torch_is_imported():
     assert loaded_modules("import predict, decode_pool; import faces; faces.make_detector('yunet')") == {"yuface"}
 
 
-# ---------------------------------------------------------------- ResNet without torchvision, weights check
-
-
-@pytest.mark.parametrize("depth", [18, 34])
-def test_resnet_is_torchvisions(depth):
-    from torchvision.models import resnet18, resnet34
-    torch.manual_seed(3)
-    theirs, after_theirs = {18: resnet18, 34: resnet34}[depth](weights=None), torch.rand(3)
-    torch.manual_seed(3)
-    ours, after_ours = resnet.ResNet(depth), torch.rand(3)
-    a, b = theirs.state_dict(), ours.state_dict()
-    assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)  # same names, same seeded weights
-    assert torch.equal(after_theirs, after_ours)  # the same random numbers drawn
-    x = torch.randn(2, 3, 64, 64)
-    assert torch.equal(theirs.eval()(x), ours.eval()(x))
+# ---------------------------------------------------------------- weights check
 
 
 def test_first_non_finite_by_sum_misses_nothing():
