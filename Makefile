@@ -3,7 +3,7 @@
 #   make test    - virtualenv + data links, then the test suite (what CI runs)
 ARGS ?=
 
-.PHONY: setup train test bench bench-age
+.PHONY: setup train test bench bench-age bench-general
 setup:
 	@bash scripts/setup.sh
 
@@ -18,3 +18,7 @@ bench:
 
 bench-age:
 	py=$$(bash scripts/setup.sh) && $$py bench_age.py $(ARGS)
+
+# the general age-gender model beside the peer (trains runs/general first; ARGS="--skip-train" to compare only)
+bench-general:
+	py=$$(bash scripts/setup.sh) && $$py bench_general.py $(ARGS)

