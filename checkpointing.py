@@ -111,6 +111,15 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} not found: train one first "
                               f"(python gender_age_classifier.py) or pass --checkpoint PATH")
+    ckpt = load_tensors(path, map_location)
+    if not isinstance(ckpt, dict) or "model_state" not in ckpt or "model_args" not in ckpt:
+        raise CheckpointError(f"{path} is not a checkpoint of this toolkit (no model_state/model_args): "
+                              f"weights-only files cannot be used, retrain or re-save it")
+    return ckpt
+
+
+def load_tensors(path: Path, map_location="cpu"):
+    """torch.load with weights_only=True: tensors and plain data only, or a one-line CheckpointError."""
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except __import__("pickle").UnpicklingError as e:
@@ -121,9 +130,6 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path} is not a readable checkpoint (truncated or not a PyTorch file: "
                               f"{msg[:160]})") from None
-    if not isinstance(ckpt, dict) or "model_state" not in ckpt or "model_args" not in ckpt:
-        raise CheckpointError(f"{path} is not a checkpoint of this toolkit (no model_state/model_args): "
-                              f"weights-only files cannot be used, retrain or re-save it")
     return ckpt
 
 

@@ -22,6 +22,7 @@ from functools import partial
 from pathlib import Path
 from typing import Iterable, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
@@ -155,9 +156,13 @@ class _LoadFiles(Dataset):
 
     def __getitem__(self, i: int):
         try:
-            return i, self.load(self.paths[i]), None
+            out = self.load(self.paths[i])
         except BadImageError as e:
             return i, None, str(e)
+        # a tensor would travel to the main process as a shared-memory file descriptor, one per
+        # image; tens of thousands of them exhaust the descriptors ("received 0 items of
+        # ancdata"), so it travels as a numpy array, through the pipe
+        return i, out.numpy() if isinstance(out, torch.Tensor) else out, None
 
 
 def _keep_items(batch):
@@ -173,7 +178,8 @@ def load_all(paths: Sequence[str], load, workers: int, progress: bool = False, d
         from tqdm import tqdm
         loader = tqdm(loader, desc=desc, unit="batch", leave=False)
     for batch in loader:
-        yield from batch
+        for i, out, err in batch:
+            yield i, torch.from_numpy(out) if isinstance(out, np.ndarray) else out, err
 
 
 def decode_all(paths: Sequence[str], size: int, workers: int, progress: bool = False, load=None):
@@ -422,6 +428,7 @@ class Selection:
     val: SampleSet | None
     test: SampleSet
     problems: list  # (where, reason) of files or rows without a usable label
+    label_names: dict | None = None  # age-gender: genders, sources, age groups (sources.select)
 
 
 def select_samples(args, task: str, classes: list | None = None) -> Selection:
@@ -431,6 +438,13 @@ def select_samples(args, task: str, classes: list | None = None) -> Selection:
 
     ``classes`` (a checkpoint's, for --test-only): only the test split is
     used, labelled with these classes; no training folder is needed."""
+    if task == "age-gender":
+        import sources
+        train, val, test, found, names, problems = sources.select(args, test_only=classes is not None)
+        if classes is not None and list(found) != list(classes):
+            raise DatasetError(f"the data's ages are {found[0]}-{found[-1]}, the checkpoint's {classes[0]}-"
+                               f"{classes[-1]}: check --min-age/--max-age")
+        return Selection(list(found), train, val, test, problems, names)
     if classes is not None:
         return test_selection(args, task, classes)
     if task == "exact-age":

@@ -193,7 +193,7 @@ def train_one_epoch(model, optimizer, scheduler, data, state: dict, args, ctx) -
         x = preset.train_batch_strong(x, gen) if args.aug == "strong" else preset.train_batch(x, gen)
         if ctx["channels_last"]:
             x = x.contiguous(memory_format=torch.channels_last)
-        mix = args.mixup > 0 and task.kind != "ordinal"
+        mix = args.mixup > 0 and task.kind == "classification"
         if mix:
             x, y, y_partner, lam = mixup(x, y, args.mixup, gen)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp):
@@ -246,7 +246,7 @@ def eval_logits(model, x: torch.Tensor, args, ctx) -> torch.Tensor:
     """uint8 (N,3,R,R) -> float logits (N, outputs) on the CPU. With --tta, the
     Levi-Hassner over-sampling: 10 views (4 corners + centre, and mirrors);
     classification averages their softmax (returned as log-probabilities, so
-    argmax and cross-entropy still apply), ordinal heads average their logits."""
+    argmax and cross-entropy still apply), ordinal (and gender-and-age) heads average their logits."""
     preset = ctx["preset"]
     n = x.shape[0]
     views = preset.tta_batch(x).flatten(0, 1) if args.tta else preset.eval_batch(x)  # (V*N, 3, c, c)
@@ -257,7 +257,7 @@ def eval_logits(model, x: torch.Tensor, args, ctx) -> torch.Tensor:
     if not args.tta:
         return logits
     logits = logits.view(10, n, -1)
-    if ctx["task"].kind == "ordinal":
+    if ctx["task"].kind != "classification":
         return logits.mean(0)
     return logits.softmax(-1).mean(0).log()
 

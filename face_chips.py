@@ -42,7 +42,7 @@ from PIL import Image
 import datasets as ds
 import faces
 from checkpointing import atomic_write, load_checkpoint
-from images import BadImageError, decode_resized, load_rgb
+from images import BadImageError, decode_resized, file_digest, load_rgb
 from predictor import check_metadata
 from runtime import all_gather_objects, show_progress
 
@@ -54,10 +54,10 @@ HEADER = len(MAGIC) + 16
 
 def add_args(g) -> None:
     """The training flags of face chips (an argparse group)."""
-    g.add_argument("--face-chips", default="off", choices=faces.CHIP_MODES,
+    g.add_argument("--face-chips", default=None, choices=faces.CHIP_MODES,
                    help="aligned: train on MTCNN-aligned face chips of every image (made once, cached), as "
-                        "predict.py cuts faces for the model; off: the images as they are (the original's "
-                        "behaviour)")
+                        "predict.py cuts faces for the model; off: the images as they are (default: off, the "
+                        "original's behaviour; age-gender: aligned, one framing for all sources)")
     g.add_argument("--chip-margin", type=float, default=0.25,
                    help="aligned chips: space around the face template on each side, as a fraction of the "
                         "template's face square")
@@ -85,18 +85,6 @@ def spec_key(spec: faces.ChipSpec) -> str:
             "detector": "mtcnn", "detect_size": faces.DETECT_SIZE, "version": CHIP_VERSION}
     digest = hashlib.blake2b(json.dumps(what, sort_keys=True).encode(), digest_size=8).hexdigest()
     return f"{spec.mode}-{spec.size}px-{digest}"
-
-
-def file_digest(path) -> str:
-    """blake2b of a file's bytes; BadImageError when it cannot be read."""
-    h = hashlib.blake2b(digest_size=16)
-    try:
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-    except OSError as e:
-        raise BadImageError(f"cannot read: {e.strerror or e}") from None
-    return h.hexdigest()
 
 
 def write_chip(path: Path, chip: Image.Image, framing: tuple) -> None:

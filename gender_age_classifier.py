@@ -28,10 +28,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+import age_groups
 import datasets as ds
 import face_chips
 import run_folder
 import settings
+import sources
 import trainer
 from arg_checks import ArgumentError, validate_args
 from checkpointing import CheckpointError, load_checkpoint
@@ -52,7 +54,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Train a gender, age-group or exact-age model.", add_help=add_help,
                                 formatter_class=HelpFormatter)
     add_original_args(p)
-    add_exact_age_args(p.add_argument_group("exact age (--task exact-age)"))
+    add_exact_age_args(p.add_argument_group("exact age (--task exact-age, age-gender)"))
+    add_age_gender_args(p.add_argument_group("gender and age in one network (--task age-gender)"))
     add_run_args(p)
     face_chips.add_args(p.add_argument_group("face chips (the framing of training faces, stored for predict.py)"))
     return p
@@ -65,8 +68,9 @@ def add_original_args(p) -> None:
                    help="images per step, all processes together (default: 64; exact age: 128)")
     p.add_argument("-ep", "--epochs", type=int, default=None, help="number of epochs (default: 64; exact age: 14)")
     p.add_argument("-sgd", "--sgd", action="store_true", help="SGD with momentum 0.9 instead of Adam")
-    p.add_argument("--task", default=None, choices=("gender", "age", "exact-age"),
-                   help="what to learn (default: gender, or age with -a)")
+    p.add_argument("--task", default=None, choices=("gender", "age", "exact-age", "age-gender"),
+                   help="what to learn (default: gender, or age with -a); age-gender: one network with a "
+                        "gender and an exact-age head, on several --source's at once")
     p.add_argument("--lr", type=float, default=None, help="initial (one-cycle: peak) learning rate "
                                                           "(default: 1e-3; exact age: 2e-3)")
     p.add_argument("--lr-step", type=int, default=5, help="decay the learning rate every this many epochs")
@@ -140,6 +144,20 @@ def add_exact_age_args(g) -> None:
                    help="ignore the CSV split: a seeded random test split of this share over all ages")
 
 
+def add_age_gender_args(g) -> None:
+    g.add_argument("--source", action="append", default=None, metavar="KIND=DIR",
+                   help="a data source, repeatable; KIND: utkface (DIR/UTKFace names, CORAL test CSV), gender "
+                        "(an ImageFolder tree of female/male), age-groups (an ImageFolder tree of --age-groups "
+                        "folders, IMDB-WIKI names); default: " + " ".join(sources.DEFAULT_SOURCES))
+    g.add_argument("--age-groups", default=age_groups.DEFAULT, metavar="NAME=LO-HI,...",
+                   help="age groups read off the predicted age (test figures, predict.py)")
+    g.add_argument("--gender-weight", type=float, default=1.0, help="weight of the gender loss")
+    g.add_argument("--age-weight", type=float, default=1.0, help="weight of the age loss")
+    g.add_argument("--pretrained", default=None, metavar="PATH|imagenet",
+                   help="start a ResNet from ImageNet weights: torchvision's download and cache (TORCH_HOME), or "
+                        "a state-dict file of torchvision's ResNet; default: random weights")
+
+
 def add_run_args(p) -> None:
     p.add_argument("--data-dir", default=None,
                    help="folder with train/ and test/ class folders (default: gender-data or age-data)")
@@ -189,9 +207,10 @@ def evaluate_checkpoint(args, name: str, out: Path, source: Path, env) -> dict:
     test_data, bad = ds.build_split(sel.test, preset, mode, env["workers"], False, env["rank"], env["world"], load)
     if env["rank"] == 0:
         ds.report_bad(bad, out, args.strict, env["log"])
-    task, model_args = make_task(args, name, sel.classes, None)
+    task, model_args = make_task(args, name, sel.classes, None, sel.label_names)
     model = build_model(**ckpt["model_args"]).to(env["device"]).to(memory_format=torch.channels_last)
-    ctx = base_context(name, task, sel.classes, preset, mode, ckpt["model_args"], env)
+    ctx = {**base_context(name, task, sel.classes, preset, mode, ckpt["model_args"], env),
+           "label_names": sel.label_names}
     ran_on = (ckpt.get("args") or {}).get("val_split", 0.1)
     ctx["selected_on"] = "validation split" if ran_on else "test split (--val-split 0)"
     summary = trainer.test_best(model, test_data, source, args, ctx, out, env["log"])
@@ -226,7 +245,7 @@ def main(args, given: set[str] | None = None) -> dict:
             f"{out / 'label_problems.csv'}")
     sel, load, chips = face_chips.prepare(args, sel, preset, source, out, env)
     train_data, val_data, test_data = load_data(sel, preset, mode, env, args, out, load)
-    task, model_args = make_task(args, name, sel.classes, train_data.targets)
+    task, model_args = make_task(args, name, sel.classes, train_data.targets, sel.label_names)
     model = make_model(args, model_args, task, sel.classes, train_data.targets, env["device"], log)
     steps = steps_per_epoch(len(train_data), args, world)
     optimizer = make_optimizer(model, args)
@@ -236,7 +255,8 @@ def main(args, given: set[str] | None = None) -> dict:
            "best": {"value": None, "metric": task.select_metric, "epoch": 0},
            "selected_on": "validation split" if sel.val else "test split (--val-split 0)",
            "ema": make_ema(model, args.ema_epochs, steps) if args.ema_epochs > 0 else None,
-           "stale": stale, "data_fingerprint": run_folder.data_fingerprint(sel), "chips": chips}
+           "stale": stale, "data_fingerprint": run_folder.data_fingerprint(sel), "chips": chips,
+           "label_names": sel.label_names}
     state = {"epoch": 0, "next_batch": 0, "running": None, "iter_losses": []}
     history = trainer.resume(source, model, optimizer, scheduler, state, ctx, args, log) if source else []
     if world > 1:

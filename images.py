@@ -13,6 +13,7 @@
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import warnings
@@ -221,3 +222,15 @@ def resize_square(img: Image.Image, size: int) -> Image.Image:
 def decode_resized(path: str | os.PathLike, size: int) -> torch.Tensor:  # noqa: F821
     """File -> uint8 (3, size, size): the one decode step of every pipeline."""
     return pil_to_uint8_tensor(resize_square(load_rgb(path, min_side=size), size))
+
+
+def file_digest(path) -> str:
+    """blake2b of a file's bytes; BadImageError when it cannot be read."""
+    h = hashlib.blake2b(digest_size=16)
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    except OSError as e:
+        raise BadImageError(f"cannot read: {e.strerror or e}") from None
+    return h.hexdigest()

@@ -101,6 +101,24 @@ class ResNetRegressor(nn.Module):
         return self.head(self.trunk(x))
 
 
+class GenderAgeHead(nn.Module):
+    """Two heads on one feature vector: gender logits and an ordinal age head.
+
+    (N, F) features -> (N, genders + age outputs): the first ``genders`` columns
+    are the gender logits (a 2-way softmax), the rest the age head's outputs
+    (its loss's K-1 or K values). One concatenated tensor keeps every consumer
+    (evaluation, test-time augmentation, ONNX export) a single-output network.
+    """
+
+    def __init__(self, in_features: int, genders: int, age_head: nn.Module):
+        super().__init__()
+        self.gender = nn.Linear(in_features, genders)
+        self.age = age_head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.gender(x), self.age(x)], dim=1)
+
+
 ARCHITECTURES = ("levi_hassner", "resnet18", "resnet34")
 
 
@@ -118,8 +136,10 @@ def output_layer_names(model: nn.Module) -> set[str]:
 
 
 def output_bias(model: nn.Module) -> nn.Parameter:
-    """The bias of a network's last layer (CORAL: its K-1 rank biases), (outputs,)."""
+    """The bias of a network's last layer (CORAL: its K-1 rank biases), (outputs,); of a
+    gender-and-age network, the bias of its age head."""
     head = output_layer(model)
+    head = getattr(head, "age", head)  # a dual head: its age part
     return head.coral_bias if hasattr(head, "coral_bias") else head.bias
 
 
@@ -131,13 +151,15 @@ def default_input_geometry(arch: str) -> tuple[int, int]:
 
 
 def build_model(arch: str, num_outputs: int, dropout: float = 0.5,
-                head: str = "linear", num_ranks: int | None = None) -> nn.Module:
+                head: str = "linear", num_ranks: int | None = None, genders: int = 0) -> nn.Module:
     """Rebuild a network from the ``model_args`` a checkpoint stores.
 
     arch: one of ARCHITECTURES.
     num_outputs: number of classes (for head="linear").
     head: "linear" (plain logits) or an ordinal loss name from losses.LOSSES,
       in which case ``num_ranks`` (K) sets the head's size.
+    genders: with an ordinal head, also a gender head of this many logits
+      (``GenderAgeHead``; num_outputs = genders + the age head's size).
     """
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {arch!r}; choose from {', '.join(ARCHITECTURES)}")
@@ -145,13 +167,19 @@ def build_model(arch: str, num_outputs: int, dropout: float = 0.5,
         from losses import head_output_size, make_head  # ordinal heads live with their losses
         if num_ranks is None:
             raise ValueError("an ordinal head needs num_ranks")
-        num_outputs = head_output_size(head, num_ranks)
+        num_outputs = genders + head_output_size(head, num_ranks)
+    elif genders:
+        raise ValueError("a gender head comes with an ordinal age head (head, num_ranks)")
+
+    def last_layer() -> nn.Module:  # on the 512 features of either trunk
+        if head == "linear":
+            return nn.Linear(512, num_outputs)
+        age = make_head(head, 512, num_ranks)
+        return GenderAgeHead(512, genders, age) if genders else age
+
     if arch == "levi_hassner":
         model = LeviHassnerNet(num_outputs, dropout=dropout)
         if head != "linear":
-            # swap the last linear layer for the ordinal head, same 512 inputs
-            model.classifier[-1] = make_head(head, 512, num_ranks)
+            model.classifier[-1] = last_layer()  # the ordinal head instead, same 512 inputs
         return model
-    depth = int(arch.removeprefix("resnet"))
-    head_module = make_head(head, 512, num_ranks) if head != "linear" else nn.Linear(512, num_outputs)
-    return ResNetRegressor(depth, head_module)
+    return ResNetRegressor(int(arch.removeprefix("resnet")), last_layer())

@@ -14,7 +14,8 @@ import losses
 from checkpointing import check_finite_weights, load_checkpoint, transfer_weights
 from models import build_model, default_input_geometry, output_bias, output_layer_names
 from runtime import bf16_is_fast, configure_threads, init_distributed, resolve_device, show_progress
-from tasks import ClassificationTask, OrdinalTask
+from pretrained import load_pretrained
+from tasks import MISSING, AgeGenderTask, ClassificationTask, OrdinalTask
 
 
 def make_preset(args) -> ds.Preset:
@@ -45,20 +46,31 @@ def load_data(sel: ds.Selection, preset: ds.Preset, mode: str, env: dict, args, 
         raise ds.DatasetError("unreadable images (see rank 0)")
     if len(train_data) == 0:
         raise ds.DatasetError("no readable training images")
-    if args.task != "exact-age" and len(set(train_data.targets.tolist())) < 2:
+    if args.task in ("gender", "age") and len(set(train_data.targets.tolist())) < 2:
         raise ds.DatasetError(f"fewer than 2 classes have readable training images in {sel.train.root}")
     return train_data, val_data, test_data
 
 
-def make_task(args, name: str, classes: list, train_targets: torch.Tensor):
+def age_ranks(train_targets: torch.Tensor | None) -> torch.Tensor | None:
+    """The training age ranks: the targets of exact age, the known age column of age-gender's (N, 4)."""
+    if train_targets is None or train_targets.dim() == 1:
+        return train_targets
+    return train_targets[train_targets[:, 1] != MISSING, 1]
+
+
+def make_task(args, name: str, classes: list, train_targets: torch.Tensor | None, label_names: dict | None = None):
     """-> (task, model_args): the loss and metrics, and the network's arguments."""
-    if name == "exact-age":
-        k = len(classes)
-        weights = losses.task_importance_weights(train_targets, k) if args.imp_weight and train_targets is not None \
-            else None
+    if name in ("exact-age", "age-gender"):
+        k, ranks = len(classes), age_ranks(train_targets)
+        weights = losses.task_importance_weights(ranks, k) if args.imp_weight and ranks is not None else None
         task = OrdinalTask(args.loss, k, int(classes[0]), weights, args.ce_mode)
-        return task, {"arch": args.arch, "num_outputs": losses.head_output_size(args.loss, k),
+        model_args = {"arch": args.arch, "num_outputs": losses.head_output_size(args.loss, k),
                       "dropout": args.dropout, "head": args.loss, "num_ranks": k}
+        if name == "exact-age":
+            return task, model_args
+        genders = label_names["genders"]
+        model_args.update(genders=len(genders), num_outputs=len(genders) + model_args["num_outputs"])
+        return AgeGenderTask(genders, task, args.gender_weight, args.age_weight), model_args
     task = ClassificationTask(classes, args.label_smoothing)
     return task, {"arch": args.arch, "num_outputs": len(classes), "dropout": args.dropout}
 
@@ -72,9 +84,11 @@ def make_model(args, model_args: dict, task, classes: list, train_targets, devic
         fresh = transfer_weights(model, source, args.init_from, args.arch, classes, output_layer_names(model))
         log(f"initialised from {args.init_from} ({source.get('task')}, classes {source.get('classes')}); "
             f"own initialisation kept for: {', '.join(sorted(fresh)) or 'nothing'}")
-    if task.kind == "ordinal" and args.bias_init == "prior":
+    if args.pretrained:
+        log(load_pretrained(model, args.pretrained, args.arch))
+    if task.kind != "classification" and args.bias_init == "prior":
         with torch.no_grad():
-            output_bias(model).copy_(losses.prior_bias(args.loss, train_targets, task.k))
+            output_bias(model).copy_(losses.prior_bias(args.loss, age_ranks(train_targets), task.k))
     # channels_last: measured 41 vs 29 img/s for a CPU training step here (oneDNN
     # prefers NHWC), and the usual win on CUDA tensor cores
     return model.to(memory_format=torch.channels_last)
@@ -94,7 +108,10 @@ def start_runtime(args) -> dict:
 
 def describe_run(name: str, sel: ds.Selection, preset: ds.Preset, mode: str, why: str, args, env) -> str:
     what = f"ages {sel.classes[0]}-{sel.classes[-1]} ({len(sel.classes)} ranks), loss {args.loss}" \
-        if name == "exact-age" else f"{len(sel.classes)} classes {sel.classes}"
+        if name != "gender" and name != "age" else f"{len(sel.classes)} classes {sel.classes}"
+    if name == "age-gender":
+        what += f", genders {sel.label_names['genders']}, sources " + \
+            " ".join(f"{s['kind']}={s['dir']}" for s in sel.label_names["sources"])
     return (f"{name}: {what}; {args.arch} {preset.crop}x{preset.crop}; train {len(sel.train)}, "
             f"val {len(sel.val) if sel.val else '(test)'}, test {len(sel.test)}; "
             f"data: {mode} ({why}); device {env['device']}{' bf16' if args.amp else ''}, "

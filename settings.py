@@ -34,19 +34,22 @@ RECIPES = {
               "weight_decay": 0.0, "schedule": "step", "lr_gamma": 1.0, "dropout": 0.0, "ema_epochs": 0.0,
               "eval_every": 5, "save_every": 5, "loss": "coral", "ce_mode": "argmax"},
 }
+# --task age-gender: the cpu recipe on all the sources (about 22,000 training images), as many
+# epochs as fit the benchmark's budget (bench_general.py)
+AGE_GENDER = {"cpu": {"epochs": 14}}
 LAST_RESORT = {"optimizer": "adam", "loss": "coral", "ce_mode": "argmax", "lr_gamma": 0.9}  # when no recipe sets it
 
 
 # fixed by a checkpoint: evaluation and resume take them from it
 MODEL_KEYS = ("task", "arch", "dropout", "resize", "crop", "loss", "ce_mode", "min_age", "max_age", "face_chips",
-              "chip_margin", "no_face")
+              "chip_margin", "no_face", "age_groups")
 # the run's training recipe: resume takes it from the checkpoint
 TRAINING_KEYS = ("recipe", "optimizer", "lr", "lr_step", "lr_gamma", "weight_decay", "schedule", "batch_size",
                  "mixup", "aug", "ema_epochs", "label_smoothing", "imp_weight", "val_split", "bias_init",
-                 "init_from", "seed", "max_per_class")
+                 "init_from", "seed", "max_per_class", "gender_weight", "age_weight", "pretrained")
 # taken from the checkpoint unless given: where the data is, and (on resume) the run's length and rhythm
 DATA_KEYS = ("dataset", "data_dir", "train_csv", "test_csv", "image_dir", "path_column", "age_column",
-             "csv_age_offset", "random_split")
+             "csv_age_offset", "random_split", "source")
 RHYTHM_KEYS = ("epochs", "eval_every", "save_every", "tta")
 
 
@@ -82,7 +85,8 @@ def checkpoint_settings(ckpt: dict) -> dict:
                loss=None, ce_mode=None, min_age=None, max_age=None)
     chips = ckpt.get("chips") if isinstance(ckpt.get("chips"), dict) else {"mode": "off"}  # older: off
     out.update(face_chips=chips.get("mode"), chip_margin=chips.get("margin"),
-               no_face=ran.get("no_face") if chips.get("mode") == "aligned" else None)
+               no_face=ran.get("no_face") if chips.get("mode") == "aligned" else None,
+               age_groups=ran.get("age_groups") if ckpt.get("task") == "age-gender" else None)
     ordinal = ckpt.get("ordinal")
     if isinstance(ordinal, dict):
         out.update(loss=ordinal.get("loss"), ce_mode=ordinal.get("ce_mode", "argmax"),
@@ -133,15 +137,17 @@ def checkpoint_to_use(args, out: Path) -> Path:
 
 def resolve_defaults(args, name: str) -> None:
     """Fill every unset flag from the task's recipe (RECIPES), in place (arg_checks checks them)."""
-    ordinal = name == "exact-age"
+    ordinal = name in ("exact-age", "age-gender")
     if args.sgd and args.optimizer is None:
         args.optimizer = "sgd"
-    recipe = {**LAST_RESORT, **RECIPES[args.recipe if ordinal else "original"]}
+    recipe = {**LAST_RESORT, **RECIPES[args.recipe if ordinal else "original"],
+              **(AGE_GENDER.get(args.recipe, {}) if name == "age-gender" else {})}
     other_arch = args.arch not in (None, recipe["arch"])
     for key, value in recipe.items():
         if getattr(args, key) is None and not (other_arch and key in ("resize", "crop")):
             setattr(args, key, value)  # another network keeps its own input size
     args.dataset = args.dataset or ("utkface" if ordinal else "imagefolder")
+    args.face_chips = args.face_chips or ("aligned" if name == "age-gender" else "off")
     if args.dry_run:
         args.epochs = 1
 

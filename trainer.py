@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import csv
 import io
+import time
 from pathlib import Path
 
 import torch
 
+import age_gender_report
 import losses
 import plots
 import run_folder
@@ -57,9 +59,13 @@ def make_checkpoint(model, optimizer, scheduler, state, history, ctx, args) -> d
     if ema is not None:
         ckpt["train_state"] = {k: v.detach().cpu() for k, v in raw.state_dict().items()}
         ckpt["ema_steps"] = ema_steps(ema)
-    if task.kind == "ordinal":
+    if task.kind != "classification":
         ckpt["ordinal"] = {"loss": task.loss_name, "min_age": task.min_age, "num_ranks": task.k,
                            "ce_mode": task.ce_mode}
+    if task.kind == "age-gender":  # what predict.py names: the gender logits, the groups of the age
+        names = ctx["label_names"]
+        ckpt.update(genders=list(names["genders"]), age_groups=list(names["age_groups"]),
+                    sources=list(names["sources"]))
     return ckpt
 
 
@@ -69,9 +75,10 @@ def write_outputs(ckpt: dict, out: Path, ctx) -> None:
     plots.write_jsonl(hist, out / "metrics.jsonl")
     if ckpt["iter_losses"]:
         plots.plot_loss(ckpt["iter_losses"], out / "loss.png", f"{name}: training loss")
-    if ctx["task"].kind == "ordinal":
+    if ctx["task"].kind != "classification":
         plots.plot_curves(hist, {"train_mae": "train (running, augmented)", "val_mae": "validation"},
                           out / "mae.png", "MAE (years)", f"{name}: mean absolute error")
+    if ctx["task"].kind == "ordinal":
         plots.plot_curves(hist, {"train_cs5": "train CS@5", "val_cs5": "validation CS@5"},
                           out / "performance.png", "share within 5 years", f"{name}: CS@5")
     else:
@@ -212,31 +219,39 @@ def test_best(model, test_data, best_path: Path, args, ctx, out: Path, log) -> d
     """Evaluate the chosen checkpoint once on the test split; rank 0 writes
     test_results.json (and the confusion matrix or the per-image predictions)."""
     name, task, classes = ctx["task_name"], ctx["task"], ctx["classes"]
-    ordinal = task.kind == "ordinal"
+    per_image = task.kind != "classification"  # keep each test image's outputs (for its predictions file)
     barrier()  # rank 0 has finished writing model_best.tar
     ckpt = load_checkpoint(best_path)
     expect(ckpt, best_path, task=name, classes=classes)
     (model.module if hasattr(model, "module") else model).load_state_dict(ckpt["model_state"])
     rows: list = []
-    result = evaluate_until_stopped(model, test_data, args, ctx, rows if ordinal else None, best_path, log)
+    result = evaluate_until_stopped(model, test_data, args, ctx, rows if per_image else None, best_path, log)
     summary = {"task": name, "checkpoint": str(best_path), "epoch": ckpt["epoch"],
                "val": ckpt["best"], "test": {k: v for k, v in result.items() if k != "confusion"},
                "selected_on": ctx["selected_on"]}
-    if not ordinal:
-        summary.update(test_acc=result["acc"], test_n=result["n"], classes=classes, confusion=result["confusion"])
+    if task.kind != "ordinal":
+        summary.update(test_acc=result["acc"], test_n=result["n"], confusion=result["confusion"],
+                       classes=ctx["label_names"]["genders"] if task.kind == "age-gender" else classes)
+    if "timing" in ctx:  # bench_general.py: the run's time, and the part spent on face chips
+        summary["timing"] = {"chips_s": ctx["timing"]["chips_s"],
+                             "total_s": time.perf_counter() - ctx["timing"]["started"]}
     rows = [r for part in all_gather_objects(rows) for r in part]  # per-image rows of every shard
     if ctx["rank"] != 0:
         return summary
     log(f"test: {task.describe(result)} on {result['n']} images with {best_path.name} "
         f"(epoch {ckpt['epoch']}, chosen on {summary['selected_on']})")
-    if ordinal:
+    if task.kind == "age-gender":
+        summary["by_source"] = age_gender_report.write_results(rows, test_data, task, ctx["label_names"], out, log)
+    elif per_image:
         write_test_predictions(rows, test_data, task, out)
-    else:
-        log("confusion matrix (rows true, columns predicted; " + ", ".join(classes) + "):")
-        for cname, row in zip(classes, result["confusion"]):
+    if task.kind != "ordinal":
+        names = summary["classes"]
+        log("confusion matrix (rows true, columns predicted; " + ", ".join(names) + "):")
+        for cname, row in zip(names, result["confusion"]):
             log(f"  {cname:>12}: " + " ".join(f"{v:5d}" for v in row))
-        plots.plot_confusion(result["confusion"], classes, out / "confusion.png",
-                             f"{name} test: accuracy {result['acc']:.3f}")
+        plots.plot_confusion(result["confusion"], names, out / "confusion.png",
+                             f"{name} test: {'gender ' if task.kind == 'age-gender' else ''}accuracy "
+                             f"{result['acc']:.3f}")
     plots.write_json(summary, out / "test_results.json")
     return summary
 
