@@ -7,8 +7,10 @@
 The ONNX graph maps a normalised float32 batch (N, 3, C, C) to the logits
 (N, outputs), with a dynamic batch size; everything else a runtime needs is
 stored as ``metadata_props`` (JSON strings): task, classes, preprocess
-(resize, crop, mean, std), model_args, ordinal (exact-age models: loss,
-min_age, num_ranks), plus a plain-words description of the input and output.
+(resize, crop, mean, std), model_args, ordinal (exact-age and age-gender
+models: loss, min_age, num_ranks), genders and age_groups (age-gender models:
+one output tensor, the gender logits then the age head's outputs), plus a
+plain-words description of the input and output.
 ``OnnxPredictor`` reads them, so predict.py does the same decoding and
 post-processing for both runtimes.
 

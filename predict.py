@@ -6,6 +6,7 @@
     python predict.py party.jpg clip.mp4 --gender-checkpoint g.tar --age-checkpoint a.tar \\
         --exact-age-checkpoint e.tar --csv --annotate out/ --every 10
     python predict.py photo.jpg --onnx model.onnx      # onnxruntime, from export.py
+    python predict.py photo.jpg --checkpoint checkpoints/age-gender/model_best.tar   # one network: both
 
 Faces (``--detect``): ``auto`` (default) runs the face detector (faces.py) and
 cuts each face for each model as that model was trained (the chip spec in its
@@ -19,8 +20,11 @@ always detects (a photo with no face gives a "no face found" record), ``off`` /
 
 Output: one record per face (per image when nothing was located), with every
 model's prediction. A single model on whole images prints ``file label
-probability`` lines (``file age`` for an exact-age model); otherwise a table
-with a header and face index and box columns, in fixed-width columns.
+probability`` lines (``file age`` for an exact-age model, ``file gender
+probability age age_group`` for an age-gender model); otherwise a table with a
+header and face index and box columns, in fixed-width columns. An age-gender
+model's fields are gender, gender_probability, gender_probabilities, age and
+age_group (prefixed with age_gender_ beside other models).
 ``--json`` / ``--csv`` give the same records; videos add frame and time.
 Records are printed as inputs finish (with ``--detect auto``, whole-image
 records wait for the first detected face, which decides the layout, or for the
@@ -59,7 +63,8 @@ from samples import DatasetError
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # option -> the task its checkpoint must be for
-MODEL_OPTIONS = {"gender_checkpoint": "gender", "age_checkpoint": "age", "exact_age_checkpoint": "exact-age"}
+MODEL_OPTIONS = {"gender_checkpoint": "gender", "age_checkpoint": "age", "exact_age_checkpoint": "exact-age",
+                 "age_gender_checkpoint": "age-gender"}
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -75,6 +80,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     m.add_argument("--gender-checkpoint", default=None, metavar="PATH", help="gender model")
     m.add_argument("--age-checkpoint", default=None, metavar="PATH", help="age-group model (young/old, ...)")
     m.add_argument("--exact-age-checkpoint", default=None, metavar="PATH", help="exact-age (ordinal) model")
+    m.add_argument("--age-gender-checkpoint", default=None, metavar="PATH",
+                   help="age-gender model (one network: gender, exact age and its age group)")
     m.add_argument("--tta", action="store_true",
                    help="average over 10 views (4 corner crops + centre, and their mirrors)")
     f = p.add_argument_group("faces and videos")

@@ -71,25 +71,41 @@ def csv_text(value: str) -> str:
     return value
 
 
-def field_names(p: Predictor, single: bool) -> tuple[str, str | None, str | None]:
-    """(label or age field, probability field, probabilities field) of a model in the records:
-    label/probability/probabilities (or age) for a single model; named after the model when
-    several are combined (gender, gender_probability, gender_probabilities, ..., exact_age)."""
-    if p.ordinal is not None:
-        return ("age" if single else p.key), None, None
+def field_names(p: Predictor, single: bool) -> dict[str, str]:
+    """{key of the model's result (Predictor.predict): its field in the records}, in record order.
+
+    A single model: label, probability, probabilities (a classifier), age (exact age), or gender,
+    gender_probability, gender_probabilities, age, age_group (an age-gender model). Several
+    models: named after the model (gender, gender_probability, gender_probabilities, ...,
+    exact_age; age_gender_gender, age_gender_gender_probability, ..., age_gender_age_group)."""
     pre = "" if single else f"{p.key}_"
-    return ("label" if single else p.key), f"{pre}probability", f"{pre}probabilities"
+    if p.genders is not None:
+        return {"label": f"{pre}gender", "probability": f"{pre}gender_probability",
+                "probabilities": f"{pre}gender_probabilities", "age": f"{pre}age", "age_group": f"{pre}age_group"}
+    if p.ordinal is not None:
+        return {"age": "age" if single else p.key}
+    return {"label": "label" if single else p.key, "probability": f"{pre}probability",
+            "probabilities": f"{pre}probabilities"}
+
+
+def label_names(p: Predictor) -> list[str]:
+    """The names a model's label and probabilities are over: its genders or its classes."""
+    return p.classes if p.genders is None else p.genders
 
 
 def model_fields(p: Predictor, result: dict | None, single: bool) -> dict:
     """One model's result as record fields (none for a region without a face)."""
     if result is None:
         return {}
-    label, prob, probs = field_names(p, single)
-    if prob is None:
-        return {label: result["age"]}
-    return {label: result["label"], prob: round(result["probability"], 6),
-            probs: {c: round(v, 6) for c, v in result["probabilities"].items()}}
+    out = {}
+    for key, name in field_names(p, single).items():
+        value = result[key]
+        if key == "probability":
+            value = round(value, 6)
+        elif key == "probabilities":
+            value = {c: round(v, 6) for c, v in value.items()}
+        out[name] = value
+    return out
 
 
 def unit_records(unit: Unit, results: list, predictors: dict) -> list[dict]:
@@ -127,10 +143,19 @@ def flat_row(r: dict) -> dict:
     return out
 
 
-def model_cell(r: dict, p: Predictor, single: bool) -> str:
-    """'male 0.973' or '27': one model's result in a record, for text output."""
-    label, prob, _ = field_names(p, single)
-    return printable(r[label]) if prob is None else f"{printable(r[label])} {r[prob]:.3f}"
+def model_cells(r: dict, p: Predictor, single: bool, pad: bool = False) -> list[str]:
+    """['male 0.973'], ['27'] or ['male 0.973', '27', 'young']: one model's result in a record, for
+    text output (an age outside every group: '-'). ``pad``: the label and age in fixed widths."""
+    f = field_names(p, single)
+    cells = []
+    if "label" in f:
+        label = printable(r[f["label"]])
+        cells.append(f"{label.ljust(10) if pad else label} {r[f['probability']]:.3f}")
+    if "age" in f:
+        cells.append(printable(r[f["age"]]).ljust(5 if pad else 0))
+    if "age_group" in f:
+        cells.append(printable(r[f["age_group"]] or "-"))
+    return cells
 
 
 class SafeWriter:
@@ -158,7 +183,8 @@ class SafeWriter:
 class RecordStream:
     """Prints records as they come, in one layout for the whole run.
 
-    fmt "text": ``file label probability`` lines (``file age``) for one model on whole images,
+    fmt "text": ``file label probability`` lines (``file age``; ``file gender probability age
+    age_group`` for an age-gender model) for one model on whole images,
     else a table with a header, in fixed-width columns (the file column as wide as the longest
     input name, at most MAX_FILE_WIDTH); "csv": a header, then one row per record; "json": a
     list of records, closed by ``close``. ``located`` (face index and box columns) is known up
@@ -222,8 +248,7 @@ class RecordStream:
         file = printable(r["file"]).ljust(self.width)
         if self._plain():
             (p,) = self.predictors.values()
-            return f"{file}  {r['age']}\n" if p.ordinal is not None else \
-                f"{file}  {printable(r['label']):<10} {r['probability']:.3f}\n"
+            return "  ".join([file, *model_cells(r, p, True, pad=True)]).rstrip() + "\n"
         cells = [r["file"]]
         if self.frames:
             cells += [r.get("frame", ""), "" if r.get("time") is None else f"{r['time']:.3f}"]
@@ -232,7 +257,7 @@ class RecordStream:
         if self.located and r["source"] == "no face found":
             cells.append("(no face found)")
         else:
-            cells += [model_cell(r, p, self.single) for p in self.predictors.values()]
+            cells += [c for p in self.predictors.values() for c in model_cells(r, p, self.single)]
         return self._text_line(cells)
 
     def _text_columns(self) -> list[tuple[str, int]]:
@@ -243,10 +268,15 @@ class RecordStream:
         if self.located:
             cols += [("face", 4), ("box", 19)]
         for p in self.predictors.values():
-            if p.ordinal is not None:
-                cols.append((field_names(p, self.single)[0], 5))
-            else:
-                cols.append((p.key, max(len(p.key), max(len(printable(c)) for c in p.classes) + 6)))
+            f = field_names(p, self.single)
+            if "label" in f:
+                name = p.key if p.genders is None else f["label"]
+                cols.append((name, max(len(name), max(len(printable(c)) for c in label_names(p)) + 6)))
+            if "age" in f:
+                cols.append((f["age"], max(5, len(f["age"]))))
+            if "age_group" in f:
+                cols.append((f["age_group"], max([len(f["age_group"])] + [len(printable(g["name"]))
+                                                                           for g in p.age_groups])))
         return cols
 
     def _text_line(self, cells: list) -> str:
@@ -258,11 +288,12 @@ class RecordStream:
         if self.located:
             cols += ["face", "x0", "y0", "x1", "y1", "score", "source"]
         for p in self.predictors.values():
-            label, prob, probs = field_names(p, self.single)
-            cols.append(label)
-            if prob is not None:
-                pre = probs[: -len("probabilities")]
-                cols += [prob] + [f"{pre}p_{printable(c)}" for c in p.classes]
+            for key, name in field_names(p, self.single).items():
+                if key == "probabilities":
+                    pre = name[: -len("probabilities")]
+                    cols += [f"{pre}p_{printable(c)}" for c in label_names(p)]
+                else:
+                    cols.append(name)
         return cols
 
     @staticmethod
@@ -273,13 +304,19 @@ class RecordStream:
 
 
 def face_label(result: dict | None, predictors: dict) -> str:
-    """'male 0.97  young 0.81  age 27' for one region's results."""
+    """'male 0.97  young 0.81  age 27' for one region's results (an age-gender model's:
+    'male 0.97  age 27  young')."""
     if result is None:
         return ""
     parts = []
-    for key, p in predictors.items():
+    for key in predictors:
         r = result[key]
-        parts.append(f"age {r['age']}" if "age" in r else f"{r['label']} {r['probability']:.2f}")
+        if "label" in r:
+            parts.append(f"{r['label']} {r['probability']:.2f}")
+        if "age" in r:
+            parts.append(f"age {r['age']}")
+        if r.get("age_group"):
+            parts.append(r["age_group"])
     return "  ".join(parts)
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+import age_groups
 import faces
 import losses
 from checkpointing import CheckpointError, check_finite_weights, load_checkpoint
@@ -20,7 +21,8 @@ from models import build_model
 from samples import AGE_RANGE
 
 ONNX_FORMAT = "1"  # version of the metadata export.py writes into ONNX files
-TASKS = ("gender", "age", "exact-age")
+TASKS = ("gender", "age", "exact-age", "age-gender")
+AGE_TASKS = ("exact-age", "age-gender")  # tasks with an ordinal age head
 SIDE_RANGE = (8, 1024)  # preprocess resize and crop, in pixels
 MAX_OUTPUTS = 10_000  # classes or ranks
 
@@ -86,9 +88,9 @@ class _Checker:
             raise self.fail("chips template puts the eyes at one point")
         return faces.ChipSpec("aligned", size, margin, template, framing)
 
-    def ordinal(self, o, model_args: dict) -> dict:
+    def ordinal(self, o, model_args: dict, task: str) -> dict:
         if not isinstance(o, dict) or o.get("loss") not in losses.LOSSES:
-            raise self.fail(f"an exact-age model needs 'ordinal' settings with a loss among "
+            raise self.fail(f"an {task} model needs 'ordinal' settings with a loss among "
                             f"{', '.join(losses.LOSSES)}")
         out = {"loss": o["loss"], "min_age": self.integer(o.get("min_age"), "ordinal min_age", *AGE_RANGE),
                "num_ranks": self.integer(o.get("num_ranks"), "ordinal num_ranks", 2, MAX_OUTPUTS)}
@@ -113,14 +115,29 @@ class _Checker:
             raise self.fail(f"{len(c)} class names for {ordinal['num_ranks']} ranks")
         return list(c)
 
+    def genders(self, g) -> list:
+        """An age-gender model's gender names: 2 or more distinct short strings."""
+        ok = isinstance(g, (list, tuple)) and 2 <= len(g) <= 100 and all(
+            isinstance(x, str) and 0 < len(x) <= 100 for x in g) and len(set(g)) == len(g)
+        if not ok:
+            raise self.fail(f"genders must be a list of 2 or more distinct names (strings), not {g!r:.60}")
+        return list(g)
+
+    def age_groups(self, groups) -> list[dict]:
+        try:
+            return age_groups.check(groups)
+        except age_groups.AgeGroupError as e:
+            raise self.fail(first_line(e)) from None
+
 
 def check_metadata(info: dict, path) -> dict:
     """What a model file declares (a checkpoint, or the metadata of an ONNX file), checked before
     anything is built: task, classes, preprocessing, face chips, model_args and the ordinal head.
 
-    Returns {"task", "classes", "preset", "chips", "ordinal" (None for classifiers), "outputs"}:
-    chips is a faces.ChipSpec, outputs the number of values the network must give per image (the
-    classes, or the ordinal head's size).
+    Returns {"task", "classes", "preset", "chips", "ordinal" (None for classifiers), "genders",
+    "age_groups" (None but for age-gender models), "outputs"}: chips is a faces.ChipSpec, outputs
+    the number of values the network must give per image (the classes; the ordinal head's size;
+    the gender logits and then the ordinal head's outputs).
     Raises a one-line CheckpointError naming the first unusable field.
     """
     check = _Checker(path)
@@ -132,26 +149,36 @@ def check_metadata(info: dict, path) -> dict:
         raise check.fail("no 'model_args'")
     preset = check.preprocess(info.get("preprocess"))
     chips = check.chips(info.get("chips"), preset)
-    ordinal = check.ordinal(info.get("ordinal"), model_args) if task == "exact-age" else None
+    ordinal = check.ordinal(info.get("ordinal"), model_args, task) if task in AGE_TASKS else None
     classes = check.classes(info.get("classes") or [], ordinal)
+    genders = groups = None
+    if task == "age-gender":
+        genders, groups = check.genders(info.get("genders")), check.age_groups(info.get("age_groups"))
+    declared = model_args.get("genders", 0)
+    if declared != len(genders or ()):
+        raise check.fail(f"model_args declares {declared!r:.20} gender outputs, but the file names "
+                         f"{len(genders or ())} genders")
     if ordinal is not None:
-        outputs = losses.head_output_size(ordinal["loss"], ordinal["num_ranks"])
+        outputs = len(genders or ()) + losses.head_output_size(ordinal["loss"], ordinal["num_ranks"])
     else:
         outputs = len(classes)
         if model_args.get("head", "linear") != "linear" or model_args.get("num_outputs") != outputs:
             raise check.fail(f"{outputs} class names, but model_args declares {model_args.get('num_outputs')!r:.20} "
                              f"outputs (head {model_args.get('head', 'linear')!r:.20})")
     return {"task": task, "classes": classes, "preset": preset, "chips": chips, "ordinal": ordinal,
-            "outputs": outputs}
+            "genders": genders, "age_groups": groups, "outputs": outputs}
 
 
 class Predictor:
     """A checkpoint, rebuilt and ready: uint8 (N,3,R,R) batches -> logits, probabilities, predictions.
 
-    ``task`` is "gender", "age" or "exact-age"; ``chips`` (faces.ChipSpec) says how
-    its input is cut around a face (inference.py does it); an exact-age model has
-    ``ordinal`` = {"loss", "min_age", "num_ranks"[, "ce_mode"]} and predicts
-    min_age + losses.predict_rank(logits, loss). Everything the file declares
+    ``task`` is "gender", "age", "exact-age" or "age-gender"; ``chips`` (faces.ChipSpec)
+    says how its input is cut around a face (inference.py does it); an exact-age model
+    has ``ordinal`` = {"loss", "min_age", "num_ranks"[, "ce_mode"]} and predicts
+    min_age + losses.predict_rank(logits, loss). An age-gender model (one network, two
+    heads) has ``genders`` (names of its first len(genders) outputs, the gender logits),
+    ``ordinal`` for the age head's outputs that follow, and ``age_groups`` (ranges of the
+    predicted age, ``age_groups.group_of``). Everything the file declares
     is checked on load (``check_metadata``), its weights must be finite, and a
     blank image must give ``outputs`` finite values (``_probe``).
     """
@@ -178,6 +205,7 @@ class Predictor:
         m = check_metadata(info, self.path)
         self.task, self.classes, self.preset, self.chips = m["task"], m["classes"], m["preset"], m["chips"]
         self.ordinal, self.outputs = m["ordinal"], m["outputs"]
+        self.genders, self.age_groups = m["genders"], m["age_groups"]
 
     def _probe(self, forward=None) -> None:
         """Run one blank image through ``forward`` (``_forward``): the model must accept its declared
@@ -192,7 +220,8 @@ class Predictor:
             raise CheckpointError(f"{self.path} does not run on its declared {self.preset.crop} px input "
                                   f"({type(e).__name__}: {first_line(e)})") from None
         if tuple(out.shape) != (1, self.outputs):
-            what = "ordinal head size" if self.ordinal else f"{len(self.classes)} classes"
+            what = f"{len(self.genders)} gender logits and the ordinal head" if self.genders else \
+                "ordinal head size" if self.ordinal else f"{len(self.classes)} classes"
             raise CheckpointError(f"{self.path} gives {tuple(out.shape)[1:]} outputs per image, but its metadata "
                                   f"declares {self.outputs} ({what}): re-export or retrain it")
         if not torch.isfinite(out).all():
@@ -201,7 +230,7 @@ class Predictor:
 
     @property
     def key(self) -> str:
-        """Name of this model's fields in the output: gender, age or exact_age."""
+        """Name of this model's fields in the output: gender, age, exact_age or age_gender."""
         return str(self.task).replace("-", "_")
 
     def metadata(self) -> dict[str, str]:
@@ -215,6 +244,10 @@ class Predictor:
                 "output": "logits (N, outputs)"}
         if self.ordinal is not None:
             meta["ordinal"] = json.dumps(self.ordinal)
+        if self.genders is not None:
+            meta.update(genders=json.dumps(self.genders), age_groups=json.dumps(self.age_groups),
+                        output=f"logits (N, outputs): {len(self.genders)} gender logits (softmax over 'genders'), "
+                               f"then the '{self.ordinal['loss']}' age head's outputs ('ordinal')")
         return meta
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -235,31 +268,45 @@ class Predictor:
         return self.view_logits(batch)[0]
 
     def probabilities(self, batch: torch.Tensor, tta: bool = False) -> torch.Tensor:
-        """uint8 (N,3,R,R) -> class probabilities (N, C): the softmax, averaged over the views."""
+        """uint8 (N,3,R,R) -> class probabilities (N, C) of a classifier: the softmax, averaged over the views."""
         return self.view_logits(batch, tta).softmax(-1).mean(0)
 
-    def ages(self, batch: torch.Tensor, tta: bool = False) -> list[float | int]:
-        """uint8 (N,3,R,R) -> N ages: min_age + predict_rank of the logits (averaged over the views).
+    def _ages(self, outputs: torch.Tensor) -> list[float | int]:
+        """The age head's outputs (N, H), averaged over the views -> N ages: min_age + predict_rank.
 
         Integers, except the expectation of a 'ce' head (ce_mode "expectation"), rounded to 0.1.
         """
         o = self.ordinal
         mode = o.get("ce_mode") or "argmax"
-        ranks = losses.predict_rank(self.view_logits(batch, tta).mean(0), o["loss"], mode)
+        ranks = losses.predict_rank(outputs, o["loss"], mode)
         if ranks.is_floating_point():
             return [round(float(r) + o["min_age"], 1) for r in ranks]
         return [int(r) + int(o["min_age"]) for r in ranks]
 
-    def predict(self, batch: torch.Tensor, tta: bool = False) -> list[dict]:
-        """uint8 (N,3,R,R) -> N results: {"age"} or {"label", "probability", "probabilities"}."""
-        if self.ordinal is not None:
-            return [{"age": a} for a in self.ages(batch, tta)]
+    @staticmethod
+    def _labelled(probs: torch.Tensor, names: list[str]) -> list[dict]:
+        """Probabilities (N, C) -> N {"label", "probability", "probabilities"}."""
         out = []
-        for p in self.probabilities(batch, tta):
+        for p in probs:
             k = int(p.argmax())
-            out.append({"label": self.classes[k], "probability": float(p[k]),
-                        "probabilities": {c: float(v) for c, v in zip(self.classes, p)}})
+            out.append({"label": names[k], "probability": float(p[k]),
+                        "probabilities": {c: float(v) for c, v in zip(names, p)}})
         return out
+
+    def predict(self, batch: torch.Tensor, tta: bool = False) -> list[dict]:
+        """uint8 (N,3,R,R) -> N results: {"age"} (exact-age), {"label", "probability",
+        "probabilities"} (classifiers), or both and "age_group" (age-gender: the label is the
+        gender; the age group is None for an age outside every group)."""
+        views = self.view_logits(batch, tta)
+        if self.genders is not None:
+            g = len(self.genders)
+            out = self._labelled(views[..., :g].softmax(-1).mean(0), self.genders)
+            for r, age in zip(out, self._ages(views[..., g:].mean(0))):
+                r.update(age=age, age_group=age_groups.group_of(age, self.age_groups))
+            return out
+        if self.ordinal is not None:
+            return [{"age": a} for a in self._ages(views.mean(0))]
+        return self._labelled(views.softmax(-1).mean(0), self.classes)
 
 
 class OnnxPredictor(Predictor):
@@ -282,8 +329,8 @@ class OnnxPredictor(Predictor):
             raise CheckpointError(f"{self.path} lacks this toolkit's metadata (task, classes, preprocessing): "
                                   f"export it with python export.py")
         try:
-            info = {k: json.loads(meta[k]) for k in ("classes", "preprocess", "chips", "model_args", "ordinal")
-                    if k in meta}
+            info = {k: json.loads(meta[k]) for k in ("classes", "preprocess", "chips", "model_args", "ordinal",
+                                                     "genders", "age_groups") if k in meta}
         except json.JSONDecodeError:
             raise CheckpointError(f"{self.path} has corrupt metadata: export it again") from None
         self.ckpt = {"task": meta.get("task"), **info}
