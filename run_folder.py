@@ -115,9 +115,13 @@ def drop_stale(ctx: dict, written) -> None:
 def data_roots(sel) -> list[Path]:
     """The folders the run's images come from: for each split, the deepest
     folder that holds all of its files (an ImageFolder train/ or test/ folder,
-    a CSV's or UTKFace's image folder)."""
-    return [Path(os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in samples.paths]))
-            for samples in (sel.train, sel.val, sel.test) if samples is not None and len(samples)]
+    a CSV's or UTKFace's image folder), per source when a run has several
+    (age-gender targets name their source in their third field)."""
+    groups: dict = {}
+    for split, samples in enumerate((sel.train, sel.val, sel.test)):
+        for p, t in zip(samples.paths if samples is not None else [], samples.targets if samples is not None else []):
+            groups.setdefault((split, t[2] if isinstance(t, tuple) else 0), []).append(os.path.dirname(os.path.abspath(p)))
+    return [Path(os.path.commonpath(dirs)) for dirs in groups.values()]
 
 
 def check_outside_data(out: Path, sel) -> None:

@@ -1,0 +1,230 @@
+"""--task age-gender: masked two-head loss, several sources, leakage, age groups, --pretrained, a run."""
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import urllib.error
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import age_groups
+import gender_age_classifier as gac
+import losses
+import pretrained
+import sources
+from checkpointing import CheckpointError, load_checkpoint
+from conftest import make_image
+from models import build_model
+from samples import DatasetError
+from tasks import MISSING, AgeGenderTask, OrdinalTask
+
+LIGHT = ["--arch", "resnet18", "--resize", "40", "--crop", "32", "--no-progress", "--workers", "0", "-b", "8",
+         "--face-chips", "off", "--framing-sample", "0"]
+
+
+def make_task(k=5, gw=1.0, aw=1.0):
+    return AgeGenderTask(["female", "male"], OrdinalTask("ordinal", k, 20), gw, aw)
+
+
+def test_loss_masks_missing_labels():
+    task, g = make_task(), torch.Generator().manual_seed(0)
+    logits = torch.randn(4, 2 + 4, generator=g)
+    y = torch.tensor([[0, 1, 0, -1], [1, MISSING, 0, -1], [MISSING, 3, 1, 0], [MISSING, MISSING, 2, 1]])
+    ref = task.loss(logits, y)
+    changed = logits.clone()
+    changed[1, 2:] += 5.0  # image 1 has no age: its age outputs do not count
+    changed[2, :2] -= 3.0  # image 2 has no gender
+    changed[3] *= 7.0      # image 3 has neither
+    assert torch.allclose(task.loss(changed, y), ref)
+    # known values: each head's mean over the images that carry its label
+    gender = F.cross_entropy(logits[[0, 1], :2], torch.tensor([0, 1]))
+    age = losses.compute_loss("ordinal", logits[[0, 2], 2:], torch.tensor([1, 3]), 5)
+    assert torch.allclose(ref, gender + age)
+    assert torch.allclose(make_task(gw=3.0, aw=0.5).loss(logits, y), 3.0 * gender + 0.5 * age)
+
+
+def test_loss_of_a_batch_without_one_kind_of_label_has_a_gradient():
+    task = make_task()
+    logits = torch.randn(3, 6, requires_grad=True)
+    y = torch.tensor([[0, MISSING, 0, -1], [1, MISSING, 0, -1], [0, MISSING, 0, -1]])
+    task.loss(logits, y).backward()
+    assert logits.grad[:, 2:].abs().sum() == 0 and logits.grad[:, :2].abs().sum() > 0
+
+
+def test_stats_and_metrics_known_values():
+    task = make_task(k=5)
+    # gender logits favour female, male, male; age head: all thresholds passed -> rank 4, none -> rank 0
+    big = 10.0
+    logits = torch.tensor([[big, -big] + [big] * 4, [-big, big] + [-big] * 4, [-big, big] + [big] * 4])
+    y = torch.tensor([[0, 4, 0, -1], [0, 2, 0, -1], [MISSING, MISSING, 1, 0]])
+    m = task.metrics(task.stats(logits, y))
+    assert m["acc"] == pytest.approx(0.5) and m["n_gender"] == 2   # right, wrong; the third has no gender
+    assert m["mae"] == pytest.approx(1.0) and m["n_age"] == 2      # errors 0 and 2
+    assert m["rmse"] == pytest.approx(2 ** 0.5) and m["cs5"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("young=0-38,old=39-", [("young", 0, 38), ("old", 39, 130)]),
+    ("a=0-2, b=4-6", [("a", 0, 2), ("b", 4, 6)]),
+])
+def test_age_groups_parse(text, expected):
+    groups = age_groups.parse(text)
+    assert [(g["name"], g["min"], g["max"]) for g in groups] == expected
+    assert age_groups.group_of(38.4, age_groups.parse("young=0-38,old=39-")) == "young"
+    assert age_groups.group_of(38.6, age_groups.parse("young=0-38,old=39-")) == "old"
+    assert age_groups.group_of(3.0, age_groups.parse("a=0-2,b=4-6")) is None
+
+
+@pytest.mark.parametrize("bad", ["young", "young=0-38,old=30-", "x=5-1", "=0-3", "a=0-3,a=5-9", "a=x-3"])
+def test_age_groups_refused(bad):
+    with pytest.raises(age_groups.AgeGroupError):
+        age_groups.parse(bad)
+
+
+def make_sources(root: Path) -> dict:
+    """A UTKFace folder (names, CORAL-style test CSV), a gender tree and an age-group tree, IMDB-WIKI names."""
+    utk = root / "utk" / "UTKFace"
+    names = [f"{age}_{g}_0_2017010{i}.jpg.chip.jpg" for i, (age, g) in
+             enumerate([(22, 0), (25, 1), (30, 0), (35, 1), (50, 0), (55, 1), (5, 0), (70, 1)] * 2)]
+    for i, name in enumerate(names):
+        make_image(utk / name.replace("0_2017", f"{i}_2017"), i % 2, seed=i)
+    files = sorted(p.name for p in utk.iterdir())
+    with open(root / "utk" / "utk_test.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["", "file", "age"])
+        for j, name in enumerate(files[:4]):
+            w.writerow([j, name, int(name.split("_")[0]) - 21])
+    (utk / "39_1_20170116174525125.jpg.chip.jpg").write_bytes((utk / files[5]).read_bytes())  # no gender field
+    for split, n in (("train", 4), ("test", 2)):
+        for c, name in enumerate(("female", "male")):
+            for i in range(n):
+                make_image(root / "g" / split / name / f"{100 + i}_1990-03-01_2015.jpg", c, seed=50 + c * 10 + i +
+                           (5 if split == "test" else 0))
+        for c, (name, year) in enumerate((("old", 1960), ("young", 1990))):
+            for i in range(n):
+                make_image(root / "a" / split / name / f"{200 + i}_{year}-03-01_2014.jpg", c, seed=90 + c * 10 + i +
+                           (5 if split == "test" else 0))
+    # a test image of the gender tree copied into the age tree's training folder: a leak
+    leak = root / "a" / "train" / "young" / "999_1991-03-01_2015.jpg"
+    shutil.copy(root / "g" / "test" / "male" / "100_1990-03-01_2015.jpg", leak)
+    make_image(root / "a" / "train" / "old" / "no_age_name.jpg", 0, seed=3)
+    return {"utk": root / "utk", "g": root / "g", "a": root / "a", "leak": leak}
+
+
+def source_args(d: dict, **kw) -> SimpleNamespace:
+    base = dict(source=[f"utkface={d['utk']}", f"gender={d['g']}", f"age-groups={d['a']}"],
+                age_groups=age_groups.DEFAULT, min_age=None, max_age=None, val_split=0.25, seed=0)
+    return SimpleNamespace(**{**base, **kw})
+
+
+def test_sources_labels_splits_and_leakage(tmp_path):
+    d = make_sources(tmp_path)
+    said = []
+    train, val, test, classes, names, problems = sources.select(source_args(d), log=said.append)
+    every = {p: t for s in (train, val) for p, t in zip(s.paths, s.targets)}
+    assert str(d["leak"]) not in every                      # same bytes as a test image: dropped
+    assert said == ["sources: dropped 1 training image(s) whose content equals a test image's"]
+    assert classes[0] == "5" and classes[-1] == "70"         # the training ages' range
+    lo = 5
+    by_name = {Path(p).name: t for p, t in every.items()}
+    # UTKFace: gender and age from the name; the name without a gender field keeps its age
+    assert by_name["39_1_20170116174525125.jpg.chip.jpg"] == (MISSING, 39 - lo, 0, MISSING)
+    assert next(t for n, t in by_name.items() if n.startswith("30_0_"))[:3] == (1, 30 - lo, 0)  # 0: male
+    # gender tree: folder gender, IMDB-WIKI age (2015 - 1990); age-group tree: no gender, its group index
+    assert by_name["100_1990-03-01_2015.jpg"] in {(0, 25 - lo, 1, MISSING), (1, 25 - lo, 1, MISSING)}
+    assert by_name["200_1960-03-01_2014.jpg"] == (MISSING, 54 - lo, 2, 1)  # old is group 1 of young, old
+    assert any("no_age_name.jpg" in p and "no IMDB-WIKI age" in why for p, why in problems)
+    # the CORAL test CSV is UTKFace's test split; each source's test folders join it
+    assert sorted({t[2] for t in test.targets}) == [0, 1, 2] and sum(t[2] == 0 for t in test.targets) == 4
+    assert not set(test.paths) & set(every)
+    # validation: a share of every source
+    assert {t[2] for t in val.targets} == {0, 1, 2}
+    assert names["genders"] == ["female", "male"] and [s["kind"] for s in names["sources"]] == list(sources.KINDS)
+
+
+def test_sources_refuse_bad_trees(tmp_path):
+    d = make_sources(tmp_path)
+    with pytest.raises(DatasetError, match="not genders"):
+        sources.select(source_args(d, source=[f"gender={d['a']}"]))
+    with pytest.raises(DatasetError, match="not among the --age-groups"):
+        sources.select(source_args(d, source=[f"age-groups={d['g']}"]))
+    with pytest.raises(DatasetError, match="KIND=DIR"):
+        sources.select(source_args(d, source=["faces=x"]))
+    with pytest.raises(DatasetError, match="each kind once"):
+        sources.select(source_args(d, source=[f"gender={d['g']}", f"gender={d['g']}"]))
+
+
+def test_ages_outside_the_range_keep_their_gender(tmp_path):
+    d = make_sources(tmp_path)
+    train, val, *_ = sources.select(source_args(d, min_age=20, max_age=60, val_split=0))
+    by_name = {Path(p).name: t for p, t in zip(train.paths, train.targets)}
+    seventy = next(t for n, t in by_name.items() if n.startswith("70_"))
+    assert seventy[1] == MISSING and seventy[0] == 0  # UTKFace's gender 1 is female, index 0 of female, male
+
+
+def test_pretrained_from_a_file(tmp_path):
+    from torchvision.models import resnet18
+    torch.manual_seed(1)
+    source = resnet18(weights=None)
+    torch.save(source.state_dict(), tmp_path / "r18.pth")
+    model = build_model("resnet18", 0, 0.0, head="ordinal", num_ranks=5, genders=2)
+    said = pretrained.load_pretrained(model, str(tmp_path / "r18.pth"), "resnet18")
+    assert "resnet18 trunk" in said
+    for k, v in source.state_dict().items():
+        if not k.startswith("fc."):
+            assert torch.equal(model.trunk.state_dict()[k], v), k
+    torch.save({"conv1.weight": torch.zeros(3)}, tmp_path / "bad.pth")
+    with pytest.raises(CheckpointError, match="do not fit"):
+        pretrained.load_pretrained(model, str(tmp_path / "bad.pth"), "resnet18")
+    with pytest.raises(CheckpointError, match="no such file"):
+        pretrained.load_pretrained(model, str(tmp_path / "none.pth"), "resnet18")
+    with pytest.raises(CheckpointError, match="starts a ResNet"):
+        pretrained.load_pretrained(build_model("levi_hassner", 2), str(tmp_path / "r18.pth"), "levi_hassner")
+
+
+def test_pretrained_imagenet_offline_names_the_file(monkeypatch, tmp_path):
+    class Offline:
+        url = "https://download.pytorch.org/models/resnet18-f37072fd.pth"
+
+        def get_state_dict(self, **kw):
+            raise urllib.error.URLError("no network")
+    monkeypatch.setattr(pretrained, "imagenet_weights", lambda arch: Offline())
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "th"))
+    model = build_model("resnet18", 0, 0.0, head="ordinal", num_ranks=5, genders=2)
+    with pytest.raises(CheckpointError) as e:
+        pretrained.load_pretrained(model, "imagenet", "resnet18")
+    assert str(tmp_path / "th" / "hub" / "checkpoints" / "resnet18-f37072fd.pth") in str(e.value)
+
+
+def test_age_gender_run_reports_each_source_and_evaluates_again(tmp_path):
+    d = make_sources(tmp_path)
+    out = tmp_path / "run"
+    argv = ["--task", "age-gender", *sum((["--source", s] for s in source_args(d).source), []),
+            "--checkpoint-dir", str(out), "-ep", "2", "--val-split", "0.25", *LIGHT]
+    assert gac.cli(argv) == 0
+    result = json.loads((out / "test_results.json").read_text())
+    assert set(result["by_source"]) == {"utkface", "gender", "age-groups"}
+    assert result["by_source"]["utkface"]["gender_n"] == 4 and result["by_source"]["utkface"]["age_n"] == 4
+    assert result["by_source"]["age-groups"]["group_n"] == 4 and "gender_acc" not in result["by_source"]["age-groups"]
+    rows = list(csv.DictReader(open(out / "test_predictions.csv")))
+    assert len(rows) == 12 and {r["source"] for r in rows} == {"utkface", "gender", "age-groups"}
+    for r in rows:  # the group is read off the predicted age
+        assert r["age_group"] == age_groups.group_of(float(r["age"]), age_groups.parse(age_groups.DEFAULT))
+    right = sum(r["gender"] == r["true_gender"] for r in rows if r["source"] == "gender")
+    assert result["by_source"]["gender"]["gender_right"] == right
+    ckpt = load_checkpoint(out / "model_best.tar")
+    assert ckpt["task"] == "age-gender" and ckpt["genders"] == ["female", "male"]
+    assert ckpt["model_args"]["genders"] == 2 and ckpt["ordinal"]["num_ranks"] == len(ckpt["classes"])
+    # --test-only takes everything from the checkpoint and gives the same figures
+    again = tmp_path / "again"
+    assert gac.cli(["--test-only", "--resume", str(out / "model_best.tar"), "--checkpoint-dir", str(again),
+                    *sum((["--source", s] for s in source_args(d).source), []), "--no-progress"]) == 0
+    assert json.loads((again / "test_results.json").read_text())["by_source"] == result["by_source"]
+    # another age-group rule contradicts the checkpoint
+    assert gac.cli(["--test-only", "--resume", str(out / "model_best.tar"), "--checkpoint-dir", str(again),
+                    "--age-groups", "a=0-20,b=21-", "--no-progress"]) == 2
