@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -223,6 +224,7 @@ def evaluate_checkpoint(args, name: str, out: Path, source: Path, env) -> dict:
 def main(args, given: set[str] | None = None) -> dict:
     """Train (or with --resume continue, with --test-only evaluate) and test once.
     ``given``: the flags the user set (default: those that differ from the parser's defaults)."""
+    started = time.perf_counter()
     given = settings.given_flags(args, get_args_parser()) if given is None else given
     run_folder.use_temporary_folder(args)
     name, out, source = settings.resolve(args, given)
@@ -245,7 +247,9 @@ def main(args, given: set[str] | None = None) -> dict:
         ds.write_bad_list(sel.problems, out / "label_problems.csv")
         log(f"warning: {len(sel.problems)} row(s) or file name(s) without a usable label, listed in "
             f"{out / 'label_problems.csv'}")
+    chips_started = time.perf_counter()
     sel, load, chips = face_chips.prepare(args, sel, preset, source, out, env)
+    timing = {"started": started, "chips_s": time.perf_counter() - chips_started}
     train_data, val_data, test_data = load_data(sel, preset, mode, env, args, out, load)
     task, model_args = make_task(args, name, sel.classes, train_data.targets, sel.label_names)
     model = make_model(args, model_args, task, sel.classes, train_data.targets, env["device"], log)
@@ -258,7 +262,7 @@ def main(args, given: set[str] | None = None) -> dict:
            "selected_on": "validation split" if sel.val else "test split (--val-split 0)",
            "ema": make_ema(model, args.ema_epochs, steps) if args.ema_epochs > 0 else None,
            "stale": stale, "data_fingerprint": run_folder.data_fingerprint(sel), "chips": chips,
-           "label_names": sel.label_names}
+           "label_names": sel.label_names, "timing": timing}
     state = {"epoch": 0, "next_batch": 0, "running": None, "iter_losses": []}
     history = trainer.resume(source, model, optimizer, scheduler, state, ctx, args, log) if source else []
     if world > 1:

@@ -209,6 +209,7 @@ def test_age_gender_run_reports_each_source_and_evaluates_again(tmp_path):
     assert gac.cli(argv) == 0
     result = json.loads((out / "test_results.json").read_text())
     assert set(result["by_source"]) == {"utkface", "gender", "age-groups"}
+    assert 0 <= result["timing"]["chips_s"] <= result["timing"]["total_s"]
     assert result["by_source"]["utkface"]["gender_n"] == 4 and result["by_source"]["utkface"]["age_n"] == 4
     assert result["by_source"]["age-groups"]["group_n"] == 4 and "gender_acc" not in result["by_source"]["age-groups"]
     rows = list(csv.DictReader(open(out / "test_predictions.csv")))
@@ -228,3 +229,17 @@ def test_age_gender_run_reports_each_source_and_evaluates_again(tmp_path):
     # another age-group rule contradicts the checkpoint
     assert gac.cli(["--test-only", "--resume", str(out / "model_best.tar"), "--checkpoint-dir", str(again),
                     "--age-groups", "a=0-20,b=21-", "--no-progress"]) == 2
+
+
+def test_seeded_age_gender_runs_repeat_exactly(tmp_path):
+    d = make_sources(tmp_path)
+    logs = []
+    for name in ("one", "two"):
+        out = tmp_path / name
+        assert gac.cli(["--task", "age-gender", *sum((["--source", s] for s in source_args(d).source), []),
+                        "--checkpoint-dir", str(out), "-ep", "2", "--seed", "3", *LIGHT]) == 0
+        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        logs.append([{k: v for k, v in r.items() if k not in ("images_per_s", "seconds")} for r in rows])
+        logs.append(load_checkpoint(out / "model_best.tar")["model_state"])
+    assert logs[0] == logs[2] and len(logs[0]) == 2
+    assert all(torch.equal(logs[1][k], logs[3][k]) for k in logs[1])
