@@ -46,7 +46,7 @@ def load_data(sel: ds.Selection, preset: ds.Preset, mode: str, env: dict, args, 
         raise ds.DatasetError("unreadable images (see rank 0)")
     if len(train_data) == 0:
         raise ds.DatasetError("no readable training images")
-    if args.task in ("gender", "age") and len(set(train_data.targets.tolist())) < 2:
+    if args.task not in ("exact-age", "age-gender") and len(set(train_data.targets.tolist())) < 2:
         raise ds.DatasetError(f"fewer than 2 classes have readable training images in {sel.train.root}")
     return train_data, val_data, test_data
 
