@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from pathlib import Path
 
 import torch
@@ -39,21 +40,34 @@ def image_rows(rows: list, data, task, names: dict) -> list[dict]:
     return out
 
 
+def accuracy(pairs: list[tuple]) -> dict:
+    """(truth, prediction or None) pairs: a missing prediction (no face found) counts as wrong."""
+    k = sum(p is not None and p == t for t, p in pairs)
+    return {"k": k, "n": len(pairs), "acc": k / len(pairs) if pairs else None,
+            "missed": sum(p is None for _, p in pairs)}
+
+
+def age_errors(pairs: list[tuple]) -> dict:
+    """(true age, predicted age or None) pairs: a missing prediction is left out, and counted."""
+    err = [abs(p - t) for t, p in pairs if p is not None]
+    n = len(err)
+    return {"n": n, "missed": len(pairs) - n, "mae": sum(err) / n if n else None,
+            "rmse": math.sqrt(sum(e * e for e in err) / n) if n else None,
+            "cs5": sum(e <= 5 for e in err) / n if n else None}
+
+
 def source_metrics(rows: list[dict]) -> dict:
     """The figures of one source's rows: gender accuracy, age errors, group accuracy (each where known)."""
     out = {"n": len(rows)}
-    gendered = [r for r in rows if r["true_gender"]]
-    if gendered:
-        right = sum(r["gender"] == r["true_gender"] for r in gendered)
-        out.update(gender_acc=right / len(gendered), gender_right=right, gender_n=len(gendered))
-    aged = [abs(r["age"] - r["true_age"]) for r in rows if r["true_age"] != ""]
-    if aged:
-        out.update(mae=sum(aged) / len(aged), rmse=(sum(e * e for e in aged) / len(aged)) ** 0.5,
-                   cs5=sum(e <= 5 for e in aged) / len(aged), age_n=len(aged))
-    grouped = [r for r in rows if r["true_group"]]
-    if grouped:
-        right = sum(r["age_group"] == r["true_group"] for r in grouped)
-        out.update(group_acc=right / len(grouped), group_right=right, group_n=len(grouped))
+    gender = accuracy([(r["true_gender"], r["gender"]) for r in rows if r["true_gender"]])
+    if gender["n"]:
+        out.update(gender_acc=gender["acc"], gender_right=gender["k"], gender_n=gender["n"])
+    age = age_errors([(r["true_age"], r["age"]) for r in rows if r["true_age"] != ""])
+    if age["n"]:
+        out.update(mae=age["mae"], rmse=age["rmse"], cs5=age["cs5"], age_n=age["n"])
+    group = accuracy([(r["true_group"], r["age_group"]) for r in rows if r["true_group"]])
+    if group["n"]:
+        out.update(group_acc=group["acc"], group_right=group["k"], group_n=group["n"])
     return out
 
 

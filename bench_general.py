@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 import shlex
 import subprocess
 import sys
@@ -24,6 +23,7 @@ import time
 from pathlib import Path
 
 import bench_speed
+from age_gender_report import accuracy, age_errors
 from checkpointing import atomic_write_text
 from run_folder import previous_run
 
@@ -110,22 +110,6 @@ def read_run(run_dir: Path) -> tuple[list[dict], dict]:
 
 def age_group(age: float | None) -> str | None:
     return None if age is None else ("young" if age < YOUNG_BELOW else "old")
-
-
-def accuracy(pairs: list[tuple]) -> dict:
-    """(truth, prediction or None) pairs: a missing prediction (no face found) counts as wrong."""
-    k = sum(p is not None and p == t for t, p in pairs)
-    return {"k": k, "n": len(pairs), "acc": k / len(pairs) if pairs else None,
-            "missed": sum(p is None for _, p in pairs)}
-
-
-def age_errors(pairs: list[tuple]) -> dict:
-    """(true age, predicted age or None) pairs: a missing prediction is left out, and counted."""
-    err = [abs(p - t) for t, p in pairs if p is not None]
-    n = len(err)
-    return {"n": n, "missed": len(pairs) - n, "mae": sum(err) / n if n else None,
-            "rmse": math.sqrt(sum(e * e for e in err) / n) if n else None,
-            "cs5": sum(e <= 5 for e in err) / n if n else None}
 
 
 def metrics(rows: list[dict], preds: dict) -> dict:

@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from checkpointing import atomic_write_text
 from images import BadImageError, decode_resized
+import sources
 from runtime import all_gather_objects
 from samples import (AgeSamples, DatasetError, SampleSet, ages_from_csv, ages_from_names, genders_from_utkface,
                      scan_image_folder, stratified_split, to_ranks)
@@ -439,7 +440,6 @@ def select_samples(args, task: str, classes: list | None = None) -> Selection:
     ``classes`` (a checkpoint's, for --test-only): only the test split is
     used, labelled with these classes; no training folder is needed."""
     if task == "age-gender":
-        import sources
         train, val, test, found, names, problems = sources.select(args, test_only=classes is not None)
         if classes is not None and list(found) != list(classes):
             raise DatasetError(f"the data's ages are {found[0]}-{found[-1]}, the checkpoint's {classes[0]}-"

@@ -158,8 +158,8 @@ class AgeGenderTask:
         return p.argmax(1), p.max(1).values, losses.predict_rank(al, self.loss_name, ce_mode=self.ce_mode).double()
 
     def stats(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Summable (G*G + 8,) float64: gender confusion, then age n, |error| sum, error^2 sum,
-        within 5 years, then the gender and age loss sums and their label counts."""
+        """Summable (G*G + 9,) float64: gender confusion, then age n, |error| sum, error^2 sum,
+        within 5 years, then the gender and age loss sums, their label counts, and the images."""
         gender, _, rank = self.predict(logits)
         has_g, has_a = y[:, 0] != MISSING, y[:, 1] != MISSING
         conf = torch.bincount(y[has_g, 0] * self.g + gender[has_g], minlength=self.g * self.g).double()
@@ -167,15 +167,17 @@ class AgeGenderTask:
         g, a = (v.detach().double() for v in self.head_losses(logits, y)) if len(y) else \
             (torch.zeros((), dtype=torch.float64),) * 2
         age = torch.stack([has_a.sum().double(), err.sum(), (err ** 2).sum(), (err <= 5).double().sum()])
-        return torch.cat([conf, age, torch.stack([g, a, has_g.sum().double(), has_a.sum().double()])])
+        counts = torch.stack([has_g.sum().double(), has_a.sum().double(),
+                              torch.tensor(float(len(y)), dtype=torch.float64)])
+        return torch.cat([conf, age, torch.stack([g, a]), counts])
 
     def metrics(self, stats: torch.Tensor) -> dict:
         k2 = self.g * self.g
-        conf, (n_a, abs_sum, sq_sum, within, g_sum, a_sum, n_g, _) = stats[:k2].view(self.g, self.g), stats[k2:].tolist()
+        conf, (n_a, abs_sum, sq_sum, within, g_sum, a_sum, n_g, _, n) = stats[:k2].view(self.g, self.g), stats[k2:].tolist()
         loss = self.gender_weight * g_sum / max(1.0, n_g) + self.age_weight * a_sum / max(1.0, n_a)
         return {"acc": conf.trace().item() / max(1.0, n_g), "mae": abs_sum / max(1.0, n_a),
                 "rmse": (sq_sum / max(1.0, n_a)) ** 0.5, "cs5": within / max(1.0, n_a), "loss": loss,
-                "n": int(max(n_g, n_a)), "n_gender": int(n_g), "n_age": int(n_a), "confusion": conf.long().tolist()}
+                "n": int(n), "n_gender": int(n_g), "n_age": int(n_a), "confusion": conf.long().tolist()}
 
     def is_better(self, new: float, best: float | None, new_loss: float | None = None,
                   best_loss: float | None = None) -> bool:

@@ -66,6 +66,7 @@ def test_stats_and_metrics_known_values():
     assert m["acc"] == pytest.approx(0.5) and m["n_gender"] == 2   # right, wrong; the third has no gender
     assert m["mae"] == pytest.approx(1.0) and m["n_age"] == 2      # errors 0 and 2
     assert m["rmse"] == pytest.approx(2 ** 0.5) and m["cs5"] == pytest.approx(1.0)
+    assert m["n"] == 3  # every image, whichever labels it has
 
 
 @pytest.mark.parametrize("text,expected", [
