@@ -130,6 +130,8 @@ rate[exact-age]=$("${helper[@]}" run-rate "$work/exact" --epochs 1)
 
 step media "${helper[@]}" media "$gdata" "$work" --frames "$frames"
 media=("$work/photo.jpg" "$work/clip.mp4" --every 2 --json --device "$dev")
+# the default detector, yunet, ships wheels for CPython 3.10-3.11 only (detectors.py): elsewhere MTCNN
+"$PY" -c "import yuface" 2>/dev/null || media+=(--detector mtcnn)
 [ "$mode" = cpu ] && media+=(--workers 0)
 step predict "$PY" predict.py "${media[@]}" --amp --gender-checkpoint "$work/gender/model_best.tar" \
   --exact-age-checkpoint "$work/exact/model_best.tar"
