@@ -29,7 +29,7 @@ import torch.nn.functional as F
 import datasets as ds
 import gender_age_classifier as gac
 import inference
-from predictor import OnnxPredictor, Predictor
+from predictor import Predictor
 from runtime import bf16_is_fast, usable_cores
 from models import build_model
 

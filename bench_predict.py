@@ -46,7 +46,8 @@ import bench_speed
 import datasets as ds
 import decode_pool
 import faces
-from predictor import OnnxPredictor, Predictor
+from prediction_models import OnnxPredictor
+from predictor import Predictor
 from images import list_images, load_rgb
 from checkpointing import atomic_torch_save, atomic_write_text
 from models import build_model, default_input_geometry
@@ -133,7 +134,7 @@ def onnx_vs_torch(ckpt: Path, tmp: Path, n: int = 32, repeats: int = 3) -> dict:
             probs = p.probabilities(batch)
         out[f"{name}_img_per_s"] = n * repeats / (time.perf_counter() - t0)
         out[f"{name}_probs"] = probs
-    out["max_prob_diff"] = float((out.pop("pytorch_probs") - out.pop("onnxruntime_probs")).abs().max())
+    out["max_prob_diff"] = float(abs(out.pop("pytorch_probs") - out.pop("onnxruntime_probs")).max())
     return out
 
 

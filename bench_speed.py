@@ -156,7 +156,7 @@ def breakdown(files: list, models: list, mode: str = "auto", video: Path | None 
     import faces
     import inference
     from images import load_rgb
-    from predictor import load_predictor
+    from prediction_models import load_predictor
     from runtime import bf16_is_fast
     torch.set_num_threads(1)  # as predict.py's networks beside its decode pool
     device = torch.device("cpu")

@@ -18,7 +18,8 @@ import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 
-import torch
+# torch is imported by the functions that need it: prediction with ONNX models uses this
+# module's errors and atomic writes without loading torch
 
 CHECKPOINT_FORMAT = 1
 
@@ -78,6 +79,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 def atomic_torch_save(obj, *paths: str | os.PathLike) -> None:
     """Serialise once to memory (a failing torch.save leaves no partial file),
     then write each path atomically."""
+    import torch
     buf = io.BytesIO()
     torch.save(obj, buf)
     for path in paths:
@@ -121,6 +123,7 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
 def load_tensors(path: Path, map_location="cpu"):
     """torch.load with weights_only=True: tensors and plain data only, or a one-line CheckpointError."""
     try:
+        import torch
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except __import__("pickle").UnpicklingError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else "unsafe content"
@@ -138,6 +141,7 @@ def first_non_finite(state: dict) -> str | None:
     or infinity, or None when every value is finite. (A finite sum means every value is finite, and
     summing is several times faster than building the mask; only a non-finite sum, which huge
     finite values can also give, is checked value by value.)"""
+    import torch
     for name, tensor in state.items():
         if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and \
                 not torch.isfinite(tensor.sum()) and not torch.isfinite(tensor).all():

@@ -4,8 +4,9 @@
   (``images.decode_resized``), on tensors, batch-wise and on any device:
   random crop + horizontal flip for training, centre crop for evaluation,
   then normalisation. Resize(256) + CenterCrop(227) on a PIL image gives the
-  same pixels as ``decode_resized`` + ``Preset.eval_batch``. Training,
-  evaluation and prediction all use it.
+  same pixels as ``decode_resized`` + ``Preset.eval_batch``. Training and
+  evaluation use it; prediction uses its numpy form, ``presets.EvalPreset``,
+  whose crops it shares.
 * ``CachedImages`` decodes every image once into memory; ``StreamingImages``
   decodes in workers every epoch when memory is short.
 * ``select_samples`` picks a run's train/validation/test samples from its
@@ -29,13 +30,12 @@ from torch.utils.data import DataLoader, Dataset
 
 from checkpointing import atomic_write_text
 from images import BadImageError, decode_resized
+from presets import EvalPreset
 import sources
 from runtime import all_gather_objects
 from samples import (AgeSamples, DatasetError, SampleSet, ages_from_csv, ages_from_names, genders_from_utkface,
                      scan_image_folder, stratified_split, to_ranks)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 TASK_DATA = {"gender": "gender-data", "age": "age-data"}  # default --data-dir per task
 
 
@@ -44,29 +44,23 @@ TASK_DATA = {"gender": "gender-data", "age": "age-data"}  # default --data-dir p
 # --------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class Preset:
-    """Geometry and normalisation of a model's input; stored in checkpoints.
-
-    resize: side of the decoded square (Resize(256) in the original).
-    crop: network input side (227 for Levi-Hassner).
-    """
-    resize: int = 256
-    crop: int = 227
-    mean: tuple = IMAGENET_MEAN
-    std: tuple = IMAGENET_STD
-
-    def as_dict(self) -> dict:
-        return {"resize": self.resize, "crop": self.crop, "mean": list(self.mean), "std": list(self.std)}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "Preset":
-        return cls(int(d["resize"]), int(d["crop"]), tuple(d["mean"]), tuple(d["std"]))
+class Preset(EvalPreset):
+    """``presets.EvalPreset`` on tensors, on any device, with the training transforms.
+    Stored in checkpoints (``as_dict``)."""
 
     def normalize(self, batch: torch.Tensor) -> torch.Tensor:
         # uint8 (N, 3, H, W) -> float (N, 3, H, W), standardised per channel
         mean = torch.tensor(self.mean, device=batch.device).view(1, 3, 1, 1) * 255
         std = torch.tensor(self.std, device=batch.device).view(1, 3, 1, 1) * 255
         return (batch.float() - mean) / std
+
+    @staticmethod
+    def mirror(batch: torch.Tensor) -> torch.Tensor:
+        return batch.flip(-1)
+
+    @staticmethod
+    def stack(views: list) -> torch.Tensor:
+        return torch.stack(views)
 
     def train_batch(self, batch: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """RandomCrop(crop) + RandomHorizontalFlip, per sample, on uint8 (N,3,R,R)."""
@@ -119,27 +113,6 @@ class Preset:
         offset = (((1 - k) * b * m0).view(n, 1) - mean.view(1, 3)) / std.view(1, 3)  # (N, 3)
         y = torch.baddbmm(offset.unsqueeze(2), a, x)                             # (N, 3, HW)
         return y.view(n, 3, c, c)
-
-    def center(self, batch: torch.Tensor) -> torch.Tensor:
-        _, _, h, w = batch.shape
-        t, l = (h - self.crop) // 2, (w - self.crop) // 2
-        return batch[:, :, t:t + self.crop, l:l + self.crop]
-
-    def eval_batch(self, batch: torch.Tensor) -> torch.Tensor:
-        """CenterCrop(crop) + normalise, on uint8 (N,3,R,R)."""
-        return self.normalize(self.center(batch))
-
-    def tta_batch(self, batch: torch.Tensor) -> torch.Tensor:
-        """Levi-Hassner over-sampling: 4 corner crops + centre, and their mirrors.
-
-        uint8 (N,3,R,R) -> float (10, N, 3, crop, crop).
-        """
-        _, _, h, w = batch.shape
-        c = self.crop
-        crops = [batch[:, :, :c, :c], batch[:, :, :c, w - c:], batch[:, :, h - c:, :c],
-                 batch[:, :, h - c:, w - c:], self.center(batch)]
-        crops += [x.flip(-1) for x in crops]
-        return torch.stack([self.normalize(x) for x in crops])
 
 
 # --------------------------------------------------------------------------

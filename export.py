@@ -38,9 +38,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 
-from predictor import OnnxPredictor, Predictor
+from prediction_models import OnnxPredictor
+from predictor import Predictor
 from checkpointing import CheckpointError, atomic_write
 from samples import DatasetError
 
@@ -81,8 +83,8 @@ def _checked_output(out: Path):
 
 
 @torch.no_grad()
-def check_parity(reference: Predictor, logits: Callable[[torch.Tensor], torch.Tensor], what: str) -> float:
-    """Largest |logit| difference between ``logits`` (uint8 (N,3,R,R) -> (N, outputs)) and the
+def check_parity(reference: Predictor, logits: Callable[[torch.Tensor], np.ndarray], what: str) -> float:
+    """Largest |logit| difference between ``logits`` (uint8 (N,3,R,R) -> numpy (N, outputs)) and the
     PyTorch model on seeded random batches of CHECK_BATCHES images; CheckpointError above TOLERANCE."""
     r = reference.preset.resize
     gen = torch.Generator().manual_seed(0)
@@ -97,7 +99,7 @@ def check_parity(reference: Predictor, logits: Callable[[torch.Tensor], torch.Te
         if got.shape != want.shape:
             raise CheckpointError(f"the {what} model gives logits of shape {tuple(got.shape)} for a batch of {n}, "
                                   f"PyTorch {tuple(want.shape)}: not written")
-        diff = max(diff, float((got - want).abs().max()))
+        diff = max(diff, float(np.abs(got - want).max()))
     if diff > TOLERANCE:
         raise CheckpointError(f"the {what} model differs from PyTorch by {diff:.2e} (> {TOLERANCE}): not written")
     return diff
@@ -160,7 +162,8 @@ def export_pt2(checkpoint: str | Path, out: str | Path, check: bool = True) -> f
         module = torch.export.load(tmp, extra_files=extra).module()
         if extra[PT2_METADATA] != json.dumps(predictor.metadata()):
             raise CheckpointError("the .pt2 file does not carry the metadata back: not written")
-        return check_parity(predictor, lambda b: module(predictor.preset.eval_batch(b).float()), ".pt2")
+        return check_parity(predictor, lambda b: module(torch.from_numpy(predictor.preset.eval_batch(b))).numpy(),
+                            ".pt2")
 
 
 def cli(argv=None) -> int:

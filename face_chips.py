@@ -43,7 +43,7 @@ import datasets as ds
 import faces
 from checkpointing import atomic_write, load_checkpoint
 from images import BadImageError, decode_resized, file_digest, load_rgb
-from predictor import check_metadata
+from prediction_models import check_metadata
 from runtime import all_gather_objects, show_progress
 
 CHIP_VERSION = 1  # bump when chips come out differently for the same spec (the cache then starts afresh)

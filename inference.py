@@ -12,14 +12,13 @@ import functools
 import itertools
 from dataclasses import dataclass, field
 
-import torch
+import numpy as np
 from PIL import Image
 
 import faces
-from datasets import load_all
-from images import BadImageError, load_rgb, pil_to_uint8_tensor, resize_square
+from images import BadImageError, load_rgb, resize_square
 from inputs import collect_inputs, is_input_file  # noqa: F401 (re-exported: bench.py)
-from predictor import Predictor
+from prediction_models import ModelPredictor
 
 
 @dataclass
@@ -109,6 +108,7 @@ def image_units(paths: list[str], mode: str, detector, workers: int, keep_image:
     # whole images need only the largest chip's side (JPEGs decode at a reduced DCT scale); detection
     # wants detail
     min_side = max(c.size for c in chip_specs(chips)) if mode == "off" else None
+    from datasets import load_all  # its worker processes load torch
     for i, img, err in load_all(paths, functools.partial(load_rgb, min_side=min_side), workers):
         if img is None:
             yield Unit(paths[i], error=err)
@@ -159,7 +159,9 @@ def _predict_regions(regions: list[Region], predictors: dict, batch_size: int, t
         batches = {}  # one uint8 (N,3,R,R) stack per ChipSpec
         for key, p in predictors.items():
             if p.chips not in batches:
-                batches[p.chips] = torch.stack([pil_to_uint8_tensor(g.squares[p.chips]) for g in chunk])
+                # uint8 (N, R, R, 3) -> (N, 3, R, R)
+                batches[p.chips] = np.stack([np.asarray(g.squares[p.chips], dtype=np.uint8)
+                                             for g in chunk]).transpose(0, 3, 1, 2)
             for j, res in enumerate(p.predict(batches[p.chips], tta)):
                 results[s + j][key] = res
     return results
@@ -185,7 +187,7 @@ def predict_units(units, predictors: dict, batch_size: int, tta: bool = False, m
     yield from flush()
 
 
-def predict_files(predictor: Predictor, paths: list[str], batch_size: int, workers: int):
+def predict_files(predictor: ModelPredictor, paths: list[str], batch_size: int, workers: int):
     """Yield (path, probabilities (C,) or None, error or None) in input order: whole images."""
     units = image_units(paths, "off", None, workers, False, [predictor.chips])
     for unit, results in predict_units(units, {"m": predictor}, batch_size):
@@ -193,4 +195,4 @@ def predict_files(predictor: Predictor, paths: list[str], batch_size: int, worke
             yield unit.file, None, unit.error
         else:
             probs = results[0]["m"]["probabilities"]
-            yield unit.file, torch.tensor([probs[c] for c in predictor.classes]), None
+            yield unit.file, np.array([probs[c] for c in predictor.classes]), None

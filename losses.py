@@ -35,6 +35,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ordinal import LOSSES, check_loss_name as _check_loss_name, head_output_size
+
 __all__ = [
     "LOSSES",
     "levels_from_labels",
@@ -60,15 +62,6 @@ __all__ = [
     "make_head",
     "head_output_size",
 ]
-
-#: The loss names understood by every dispatcher in this module.
-LOSSES = ("ce", "ordinal", "coral", "corn")
-
-
-def _check_loss_name(loss_name: str) -> None:
-    if loss_name not in LOSSES:
-        raise ValueError(f"unknown loss {loss_name!r}; expected one of {LOSSES}")
-
 
 def _check_labels(labels: torch.Tensor, num_classes: int) -> None:
     if num_classes < 2:
@@ -519,12 +512,6 @@ class CEHead(nn.Linear):
 
 
 _HEADS = {"ce": CEHead, "ordinal": OrdinalHead, "coral": CoralLayer, "corn": CornHead}
-
-
-def head_output_size(loss_name: str, num_classes: int) -> int:
-    """Width of the head's output: K for 'ce', K-1 for 'ordinal', 'coral', 'corn'."""
-    _check_loss_name(loss_name)
-    return num_classes if loss_name == "ce" else num_classes - 1
 
 
 def make_head(loss_name: str, in_features: int, num_classes: int) -> nn.Module:

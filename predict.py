@@ -48,6 +48,7 @@ from cores import usable_cores
 from decode_pool import MIN_FACE, Feed, detected_units, pool_size
 from images import is_hidden
 from inputs import collect_inputs
+from prediction_models import is_onnx
 from samples import DatasetError
 
 # Start-up: this module imports neither torch nor OpenCV, ONNX or a detector's package. main()
@@ -111,10 +112,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     return p
 
 
-def build_predictors(args, task: str, device: torch.device, amp: bool) -> dict:  # noqa: F821
-    """{output key: Predictor} for the models asked for (the default checkpoint when none)."""
-    from checkpointing import CheckpointError, expect
-    from predictor import load_predictor
+def asked_models(args, task: str) -> list[tuple[str, str | None]]:
+    """[(model file, the task it must be for, or None)] for the models asked for (the default
+    checkpoint when none)."""
     asked = [(getattr(args, opt), want) for opt, want in MODEL_OPTIONS.items() if getattr(args, opt)]
     legacy = args.onnx or args.checkpoint
     if legacy or not asked:
@@ -122,8 +122,16 @@ def build_predictors(args, task: str, device: torch.device, amp: bool) -> dict: 
         # the default (or -a) checkpoint, or any checkpoint on the default (or -a) folder,
         # must be of the task asked for; --checkpoint on explicit inputs may be of any task
         asked.insert(0, (path, task if (not legacy or args.age or not args.inputs) else None))
+    return asked
+
+
+def build_predictors(args, task: str, device, amp: bool) -> dict:
+    """{output key: ModelPredictor} for the models asked for (``asked_models``); device: a
+    torch.device, or None when every model is an ONNX file."""
+    from checkpointing import CheckpointError, expect
+    from prediction_models import load_predictor
     predictors = {}
-    for path, want in asked:
+    for path, want in asked_models(args, task):
         p = load_predictor(path, device, amp)
         if want is not None:
             expect(p.ckpt, path, task=want)
@@ -152,9 +160,12 @@ def main(args) -> int:
     workers = args.workers if args.workers is not None else min(8, usable_cores())
     feed = None if detector is None else Feed(paths, args, detector, pool_size(paths, workers, detector, device))
     try:
-        from runtime import bf16_is_fast
-        device = device or resolve_device(args.device)
-        amp = bf16_is_fast(device) if args.amp is None else args.amp
+        if all(is_onnx(path) for path, _ in asked_models(args, task)):
+            amp = False  # onnxruntime, fp32 on the CPU: torch is not imported (unless MTCNN needs it)
+        else:
+            from runtime import bf16_is_fast
+            device = device or resolve_device(args.device)
+            amp = bf16_is_fast(device) if args.amp is None else args.amp
         return predict_paths(args, task, paths, detector, feed, workers, device, amp)
     finally:
         if feed is not None:
@@ -199,7 +210,7 @@ def predict_paths(args, task: str, paths: list[str], detector, feed: Feed | None
         # aligned chips were made from MTCNN's landmarks on the whole image: find faces the same way
         # (another detector's landmarks, or a coarse search, shift the chip: 100/108 instead of 102/108)
         feed.close()
-        detector = faces.make_detector("mtcnn", device)
+        detector = faces.make_detector("mtcnn", device or "cpu")
         feed = Feed(paths, args, detector, pool_size(paths, workers, detector, device), exact=True)
     annotator = Annotator(args.annotate, paths) if args.annotate else None
     # face index and box columns: always with detection or videos, never without; --detect auto

@@ -26,7 +26,7 @@ from PIL import Image
 import faces
 from checkpointing import atomic_write
 from inference import Unit
-from predictor import Predictor
+from prediction_models import ModelPredictor
 
 ANNOTATE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
@@ -71,8 +71,8 @@ def csv_text(value: str) -> str:
     return value
 
 
-def field_names(p: Predictor, single: bool) -> dict[str, str]:
-    """{key of the model's result (Predictor.predict): its field in the records}, in record order.
+def field_names(p: ModelPredictor, single: bool) -> dict[str, str]:
+    """{key of the model's result (ModelPredictor.predict): its field in the records}, in record order.
 
     A single model: label, probability, probabilities (a classifier), age (exact age), or gender,
     gender_probability, gender_probabilities, age, age_group (an age-gender model). Several
@@ -88,12 +88,12 @@ def field_names(p: Predictor, single: bool) -> dict[str, str]:
             "probabilities": f"{pre}probabilities"}
 
 
-def label_names(p: Predictor) -> list[str]:
+def label_names(p: ModelPredictor) -> list[str]:
     """The names a model's label and probabilities are over: its genders or its classes."""
     return p.classes if p.genders is None else p.genders
 
 
-def model_fields(p: Predictor, result: dict | None, single: bool) -> dict:
+def model_fields(p: ModelPredictor, result: dict | None, single: bool) -> dict:
     """One model's result as record fields (none for a region without a face)."""
     if result is None:
         return {}
@@ -143,7 +143,7 @@ def flat_row(r: dict) -> dict:
     return out
 
 
-def model_cells(r: dict, p: Predictor, single: bool, pad: bool = False) -> list[str]:
+def model_cells(r: dict, p: ModelPredictor, single: bool, pad: bool = False) -> list[str]:
     """['male 0.973'], ['27'] or ['male 0.973', '27', 'young']: one model's result in a record, for
     text output (an age outside every group: '-'). ``pad``: the label and age in fixed widths."""
     f = field_names(p, single)

@@ -30,6 +30,7 @@ import gender_age_classifier as gac
 import images
 import inference
 import predict
+import prediction_models
 import predictor
 from bench_predict import untrained_checkpoint
 from checkpointing import CheckpointError, atomic_torch_save, load_checkpoint
@@ -245,9 +246,9 @@ def test_bad_chip_specs_are_refused(chips, match):
     info = {"task": "gender", "classes": ["f", "m"], "model_args": {"num_outputs": 2},
             "preprocess": {"resize": 40, "crop": 32, "mean": [0.5] * 3, "std": [0.2] * 3}, "chips": chips}
     with pytest.raises(CheckpointError, match=match):
-        predictor.check_metadata(info, "m.tar")
+        prediction_models.check_metadata(info, "m.tar")
     del info["chips"]  # older files: off, framed as IMDB-WIKI crops
-    assert predictor.check_metadata(info, "m.tar")["chips"] == faces.ChipSpec("off", 40)
+    assert prediction_models.check_metadata(info, "m.tar")["chips"] == faces.ChipSpec("off", 40)
 
 
 def test_onnx_metadata_carries_the_chip_spec(tmp_path, dots, capsys):
@@ -256,7 +257,7 @@ def test_onnx_metadata_carries_the_chip_spec(tmp_path, dots, capsys):
     ck = with_chips(untrained_checkpoint(tmp_path / "u.tar", arch="resnet18"), tmp_path / "a.tar", spec.as_dict())
     assert export.cli([str(ck), "-o", str(tmp_path / "a.onnx"), "--no-check"]) == 0
     capsys.readouterr()
-    assert predictor.OnnxPredictor(tmp_path / "a.onnx").chips == spec == predictor.Predictor(ck, torch.device("cpu")).chips
+    assert prediction_models.OnnxPredictor(tmp_path / "a.onnx").chips == spec == predictor.Predictor(ck, torch.device("cpu")).chips
     # predict.py --onnx honours it: the aligned chip of the drawn face, not its whole picture
     draw_face(0, 0, 200).save(tmp_path / "face.png")
     outs = [json.loads(_predict(capsys, tmp_path / "face.png", flag, model, "--json"))

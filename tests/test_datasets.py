@@ -216,6 +216,17 @@ def test_tta_views_are_the_four_corners_the_centre_and_their_mirrors():
         assert torch.equal(views[v + 5], crop.flip(-1)), v + 5
 
 
+def test_numpy_preset_gives_the_tensor_presets_views():
+    """Prediction's numpy preset (presets.EvalPreset, no torch) and training's tensor one agree."""
+    from presets import EvalPreset
+    batch = torch.randint(0, 256, (2, 3, 10, 10), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    tensors, arrays = ds.Preset(10, 7), EvalPreset(10, 7)
+    for view in ("eval_batch", "tta_batch"):
+        want, got = getattr(tensors, view)(batch), getattr(arrays, view)(batch.numpy())
+        assert isinstance(got, np.ndarray) and got.dtype == np.float32
+        np.testing.assert_allclose(got, want.numpy(), atol=1e-6)
+
+
 def test_strong_augmentation_geometry_and_colour():
     preset = ds.Preset(16, 12)
     g = torch.Generator().manual_seed(0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import numpy as np
 import torch
 
 import export
@@ -13,6 +14,7 @@ from bench_predict import untrained_checkpoint
 from checkpointing import CheckpointError
 from conftest import make_image
 from test_faces import one_thread  # noqa: F401  (autouse: one torch thread)
+import prediction_models  # noqa: E402
 import predictor  # noqa: E402
 
 # The deprecated exporters (TorchScript-based ONNX, torch.jit.trace) warn: make that a failure, so
@@ -60,7 +62,7 @@ def test_onnx_metadata(exported):
 @pytest.mark.parametrize("n", [1, 4])
 def test_onnx_batch_size_is_dynamic(exported, n):
     ck, onnx_path = exported["gender"]
-    session = predictor.OnnxPredictor(onnx_path).session
+    session = prediction_models.OnnxPredictor(onnx_path).session
     assert isinstance(session.get_inputs()[0].shape[0], str)  # a named, symbolic dimension
     x = torch.randn(n, 3, 227, 227)
     got = torch.from_numpy(session.run(None, {"input": x.numpy()})[0])
@@ -84,10 +86,10 @@ def test_onnx_gives_the_same_probabilities(exported, capsys, tta):
 def test_onnx_exact_age_and_combined_models(exported, capsys):
     ck, onnx_path = exported["exact"]
     logits = {}
-    for p in (predictor.Predictor(ck, torch.device("cpu")), predictor.OnnxPredictor(onnx_path)):
+    for p in (predictor.Predictor(ck, torch.device("cpu")), prediction_models.OnnxPredictor(onnx_path)):
         batch = torch.randint(0, 256, (3, 3, 256, 256), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
         logits[type(p).__name__] = p.logits(batch)
-    assert torch.allclose(logits["Predictor"], logits["OnnxPredictor"], atol=1e-4)
+    assert np.allclose(logits["Predictor"], logits["OnnxPredictor"], atol=1e-4)
     both = _predict_json(capsys, exported["inputs"], "--gender-checkpoint", exported["gender"][1],
                          "--exact-age-checkpoint", onnx_path)
     ages = _predict_json(capsys, exported["inputs"], "--checkpoint", ck)
@@ -114,8 +116,8 @@ def _fail_onnx_tolerance(monkeypatch):
 def _fail_onnxruntime(monkeypatch):
     def boom(self, x):
         raise RuntimeError("onnxruntime failed\nsecond line")
-    monkeypatch.setattr(predictor.OnnxPredictor, "_forward", boom)
-    return "fails on a batch of 1 (onnxruntime failed)"
+    monkeypatch.setattr(prediction_models.OnnxPredictor, "_forward", boom)
+    return "does not run on its declared 227 px input (RuntimeError: onnxruntime failed)"  # the load's probe
 
 
 def _fail_pt2_check(monkeypatch):
@@ -165,3 +167,21 @@ def test_bad_onnx_files_are_one_line_errors(exported, tmp_path, capsys):
     for path, match in ((tmp_path / "text.onnx", "not a readable ONNX model"), (plain, "lacks this toolkit's metadata")):
         assert predict.cli([str(exported["inputs"]), "--onnx", str(path)]) == 2
         _one_line_error(capsys, match)
+
+
+def test_onnx_models_alone_never_import_torch(exported, capsys):
+    """predict.py with ONNX models only (gender + exact age) and detection (yunet) runs on
+    onnxruntime and numpy: torch is never imported, and the records are the checkpoints'.
+    (--no-detect decodes in DataLoader workers, datasets.load_all, which loads torch.)"""
+    from test_detectors import loaded_modules
+    gender, exact = exported["gender"][1], exported["exact"][1]
+    argv = [str(exported["inputs"]), "--gender-checkpoint", str(gender), "--exact-age-checkpoint", str(exact),
+            "--json", "--workers", "0"]
+    run = (f"import sys, runpy; sys.path.insert(0, '.'); sys.argv = ['predict.py', *{argv!r}]\n"
+           f"try:\n    runpy.run_path('predict.py', run_name='__main__')\n"
+           f"except SystemExit as e:\n    assert e.code == 0, e.code")
+    assert loaded_modules(run) == {"onnxruntime", "yuface"}
+    onnx_out = _predict_json(capsys, *argv[:-3])
+    tar_out = _predict_json(capsys, exported["inputs"], "--gender-checkpoint", exported["gender"][0],
+                            "--exact-age-checkpoint", exported["exact"][0])
+    assert [(r["gender"], r["exact_age"]) for r in onnx_out] == [(r["gender"], r["exact_age"]) for r in tar_out]

@@ -265,7 +265,7 @@ def test_exact_age_checkpoint(head, ce_mode, tmp_path, capsys):
     # the rule: min_age + losses.predict_rank(logits)
     p = predictor.Predictor(ck, torch.device("cpu"))
     batch = torch.stack([images.decode_resized(f, 256) for f in sorted((tmp_path / "in").iterdir())])
-    ranks = losses.predict_rank(p.logits(batch), head, ce_mode or "argmax")
+    ranks = losses.predict_rank(torch.from_numpy(p.logits(batch)), head, ce_mode or "argmax")
     assert [float(a) for a in ages] == pytest.approx([21 + float(r) for r in ranks], abs=0.05)
 
 
@@ -300,9 +300,10 @@ def test_usage_errors_are_one_line(ckpts, tmp_path, capsys, argv, match):
 def test_tta_averages_the_softmax_over_ten_views(ckpts, capsys, tmp_path):
     p = predictor.Predictor(ckpts["gender"], torch.device("cpu"))
     batch = torch.randint(0, 256, (3, 3, 256, 256), dtype=torch.uint8)
-    views = p.preset.tta_batch(batch)
+    views = torch.from_numpy(p.preset.tta_batch(batch.numpy()))
     want = torch.stack([p.model(v).softmax(1) for v in views]).mean(0).detach()
-    assert views.shape[0] == 10 and torch.allclose(p.probabilities(batch, tta=True), want, atol=1e-5)
+    got = torch.from_numpy(p.probabilities(batch, tta=True))
+    assert views.shape[0] == 10 and torch.allclose(got, want, atol=1e-5)
     from conftest import make_image
     make_image(tmp_path / "f.jpg", 0, 0)
     assert run([tmp_path / "f.jpg", "--checkpoint", ckpts["gender"], "--tta", *NO_AMP], capsys)[0] == 0

@@ -15,6 +15,7 @@ import export
 import faces
 import predict
 import prediction_output
+import prediction_models
 import predictor
 from bench_predict import untrained_checkpoint
 from checkpointing import atomic_torch_save, load_checkpoint
@@ -148,7 +149,7 @@ def test_both_heads_are_read_from_one_output(ckpts, tta):
     p = predictor.Predictor(ckpts["random"], torch.device("cpu"))
     assert p.outputs == 2 + RANKS - 1 and p.genders == GENDERS and p.age_groups == GROUPS
     batch = torch.randint(0, 256, (5, 3, 40, 40), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
-    views = p.view_logits(batch, tta)
+    views = torch.from_numpy(p.view_logits(batch, tta))  # the decoding checked here with torch's ops
     probs = views[..., :2].softmax(-1).mean(0)
     ages = (MIN_AGE + (views[..., 2:].mean(0) > 0).sum(1)).tolist()
     got = p.predict(batch, tta)
@@ -239,5 +240,5 @@ def test_onnx_export_carries_both_heads_and_predicts_the_same(ckpts, tmp_path, c
         assert (a["gender"], a["age"], a["age_group"]) == (b["gender"], b["age"], b["age_group"])
         assert a["gender_probabilities"] == pytest.approx(b["gender_probabilities"], abs=1e-4)
     # the ONNX file's metadata is checked as a checkpoint's
-    onnx_p = predictor.OnnxPredictor(ck.with_suffix(".onnx"))
+    onnx_p = prediction_models.OnnxPredictor(ck.with_suffix(".onnx"))
     assert onnx_p.genders == GENDERS and onnx_p.age_groups == GROUPS
