@@ -155,18 +155,22 @@ def print_detectors(crops: list[str]) -> dict:
     return out
 
 
-def print_side_by_side(r: dict, cases: dict) -> None:
-    """Item 3's table."""
+def print_side_by_side(r: dict, variants: dict) -> None:
+    """Item 3's table: one line per case and variant of our models."""
     print(f"3. whole command, detection + gender + exact age, median of {r['rounds']} rounds "
           f"(baseline: {r['baseline_rev']}, one round):", flush=True)
     for name, c in r["side_by_side"].items():
         n = c["n"]
+        print(f"   {name:7s} peer {c['peer_s']:5.2f} s = {n / c['peer_s']:5.1f} img/s ({c['peer_faces']} faces)",
+              flush=True)
+        for v in variants:
+            print(f"   {'':7s} ours, {v:11s} {c[f'{v}_s']:5.2f} s = {n / c[f'{v}_s']:5.1f} img/s "
+                  f"({c[f'{v}_rows']} records); ours/peer speed {c['peer_s'] / c[f'{v}_s']:.2f}", flush=True)
         base, passive = r["baseline"].get(name), r["baseline"].get(f"{name}_passive")
-        print(f"   {name:7s} ours {c['ours_s']:5.2f} s = {n / c['ours_s']:5.1f} img/s ({c['ours_rows']} records); "
-              f"peer {c['peer_s']:5.2f} s = {n / c['peer_s']:5.1f} img/s ({c['peer_faces']} faces); "
-              f"ours/peer speed {c['peer_s'] / c['ours_s']:.2f}"
-              + (f"; baseline {base:.2f} s (passive OpenMP {passive:.2f} s), ours/baseline "
-                 f"{base / c['ours_s']:.2f} ({passive / c['ours_s']:.2f})" if base else ""), flush=True)
+        if base:
+            ours = c["checkpoints_s"]
+            print(f"   {'':7s} baseline {base:.2f} s (passive OpenMP {passive:.2f} s), checkpoints/baseline "
+                  f"{base / ours:.2f} ({passive / ours:.2f})", flush=True)
 
 
 def speed(args, crops: list[str], tmp: Path) -> dict:
@@ -187,11 +191,16 @@ def speed(args, crops: list[str], tmp: Path) -> dict:
           f"image with both models {r['start_up']['predict_one_image_no_detect_s']:.2f} s (whole command)",
           flush=True)
     peer = bench_speed.peer_python(Path(args.peer_venv))
-    r["side_by_side"] = bench_speed.side_by_side(cases, models, peer, args.rounds)
+    import export
+    onnx = [m.with_suffix(".onnx") for m in models]
+    for m, o in zip(models, onnx):
+        export.export_onnx(m, o)
+    variants = {"checkpoints": models, "onnx": onnx}  # .tar on PyTorch; export.py's files on onnxruntime
+    r["side_by_side"] = bench_speed.side_by_side(cases, variants, peer, args.rounds)
     base = bench_speed.export_revision(args.baseline, tmp / "baseline") if args.baseline else None
     if base is not None:
         r["baseline"] = bench_speed.baseline_runs(cases, models, base)
-    print_side_by_side(r, cases)
+    print_side_by_side(r, variants)
     video = bench_speed.write_video(tmp / "clip.mp4", crops[:5])
     v = r["video"] = bench_speed.video_runs(video, models, 5, base)
     print(f"4. video, 30 s of 640x480 at 25 fps, --every 5 (150 frames): ours {v['ours_s']:.2f} s"

@@ -71,20 +71,24 @@ def ours(folder, models: list, *extra, root: Path = ROOT) -> list:
             "--exact-age-checkpoint", models[1], "--csv", *extra]
 
 
-def side_by_side(cases: dict, models: list, peer: Path, rounds: int) -> dict:
-    """{case: {ours_s, peer_s, faces...}}: each case's folder with our command and the peer's,
-    alternated over ``rounds``, medians."""
+def side_by_side(cases: dict, variants: dict, peer: Path, rounds: int) -> dict:
+    """{case: {"n", "peer_s", "peer_faces", "<variant>_s", "<variant>_rows", "rounds"}}: each case's
+    folder with our command for each of ``variants`` ({name: [gender model, exact-age model]}, e.g.
+    the checkpoints and their ONNX exports) and the peer's, alternated over ``rounds``, medians."""
     out = {}
     for name, (folder, n) in cases.items():
-        times = {"ours": [], "peer": []}
+        times = {**{v: [] for v in variants}, "peer": []}
+        rows = {}
         for _ in range(rounds):
-            s, text = timed(ours(folder, models))
-            times["ours"].append(s)
-            rows = len(text.splitlines()) - 1
+            for variant, models in variants.items():
+                s, text = timed(ours(folder, models))
+                times[variant].append(s)
+                rows[variant] = len(text.splitlines()) - 1
             s, text = timed([peer, "-c", PEER_SCRIPT, folder])
             times["peer"].append(s)
-        out[name] = {"n": n, "ours_s": statistics.median(times["ours"]), "peer_s": statistics.median(times["peer"]),
-                     "ours_rows": rows, "peer_faces": int(text.strip() or 0), "rounds": times}
+        out[name] = {"n": n, **{f"{k}_s": statistics.median(t) for k, t in times.items()},
+                     **{f"{v}_rows": r for v, r in rows.items()}, "peer_faces": int(text.strip() or 0),
+                     "rounds": times}
     return out
 
 

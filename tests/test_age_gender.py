@@ -244,3 +244,13 @@ def test_seeded_age_gender_runs_repeat_exactly(tmp_path):
         logs.append(load_checkpoint(out / "model_best.tar")["model_state"])
     assert logs[0] == logs[2] and len(logs[0]) == 2
     assert all(torch.equal(logs[1][k], logs[3][k]) for k in logs[1])
+
+
+@pytest.mark.parametrize("argv,margin", [(["--task", "age-gender"], 0.05), (["--face-chips", "aligned"], 0.25),
+                                         (["--task", "age-gender", "--chip-margin", "0.3"], 0.3)])
+def test_chip_margin_defaults(argv, margin):
+    """Aligned chips keep 0.25 of the template around the face, age-gender 0.05 (UTKFace's tight crops)."""
+    import settings
+    args = gac.get_args_parser().parse_args(argv)
+    settings.resolve_defaults(args, settings.task_name(args))
+    assert args.chip_margin == margin

@@ -110,8 +110,8 @@ def test_refuses_to_train_over_an_existing_run(tmp_path, capsys, monkeypatch):
     calls = []
     monkeypatch.setattr(bg.subprocess, "run", lambda cmd, **k: calls.append(cmd) or type("P", (), {"returncode": 0}))
     assert run_main(["--run-dir", str(run_dir), "--no-peer", "--overwrite", "--train-args", "--epochs 2"]) == 0
-    assert calls[0][1:] == ["gender_age_classifier.py", "--task", "age-gender", "--checkpoint-dir", str(run_dir),
-                            "--no-progress", "--overwrite", "--epochs", "2"]
+    assert calls[0][1:] == ["gender_age_classifier.py", "--task", "age-gender", "--min-age", "21", "--max-age", "60",
+                            "--checkpoint-dir", str(run_dir), "--no-progress", "--overwrite", "--epochs", "2"]
 
 
 @pytest.mark.parametrize("damage", ["no-csv", "bad-age", "no-column"])
