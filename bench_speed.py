@@ -92,11 +92,15 @@ def side_by_side(cases: dict, variants: dict, peer: Path, rounds: int) -> dict:
     return out
 
 
-def start_up(models: list, one_image: Path, rounds: int) -> dict:
-    """Seconds to import torch alone, and for predict.py --no-detect on one image (both models)."""
-    torch_s = statistics.median(timed([sys.executable, "-c", "import torch"])[0] for _ in range(rounds))
-    one = statistics.median(timed(ours(one_image, models, "--no-detect"))[0] for _ in range(rounds))
-    return {"import_torch_s": torch_s, "predict_one_image_no_detect_s": one}
+def start_up(variants: dict, one_image: Path, rounds: int) -> dict:
+    """Seconds to import torch alone, and for predict.py on one face crop with both models of each of
+    ``variants`` ({name: [gender model, exact-age model]}), detection on (the default)."""
+    out = {"import_torch_s": statistics.median(timed([sys.executable, "-c", "import torch"])[0]
+                                               for _ in range(rounds))}
+    for name, models in variants.items():
+        out[f"predict_one_image_{name}_s"] = statistics.median(timed(ours(one_image, models))[0]
+                                                               for _ in range(rounds))
+    return out
 
 
 def export_revision(rev: str, dest: Path) -> Path:
@@ -126,9 +130,11 @@ def write_video(path: Path, crops: list, seconds: int = 30, fps: float = 25.0, s
     return path
 
 
-def video_runs(video: Path, models: list, every: int, baseline: Path | None) -> dict:
-    """Whole predict.py on the video at --every, ours and (when given) the baseline tree's."""
-    out = {"ours_s": timed(ours(video, models, "--every", str(every)))[0]}
+def video_runs(video: Path, variants: dict, every: int, baseline: Path | None) -> dict:
+    """Whole predict.py on the video at --every: ours with each of ``variants`` ({name: models}; the
+    first is also the baseline tree's) and (when given) the baseline tree's."""
+    out = {f"{name}_s": timed(ours(video, models, "--every", str(every)))[0] for name, models in variants.items()}
+    models = next(iter(variants.values()))
     if baseline is not None:
         for name, env in BASELINE_ENVS.items():
             out[f"baseline{name and '_' + name}_s"] = timed(ours(video, models, "--every", str(every), root=baseline),
