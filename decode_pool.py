@@ -54,13 +54,15 @@ MIN_FACE = 1 / 16  # --min-face: smallest face looked for, as a fraction of the 
 
 @dataclass(frozen=True)
 class Search:
-    """How faces are searched: ``mode`` (predict.py's --detect: auto or on), ``detect_size`` (the
-    longest side searched) and ``min_face`` (the smallest face looked for, as a fraction of the
-    image's shorter side; 0: down to FACE_PX at ``detect_size``)."""
+    """How faces are searched: ``mode`` (predict.py's --detect: auto or on; off: none, the images
+    are decoded whole, at ``min_side``), ``detect_size`` (the longest side searched) and
+    ``min_face`` (the smallest face looked for, as a fraction of the image's shorter side; 0: down
+    to FACE_PX at ``detect_size``)."""
     mode: str = "on"
     detect_size: int = faces.DETECT_SIZE
     min_face: float = MIN_FACE
     exact: bool = False  # as training chips are made: every image at detect_size, no coarse pass
+    min_side: int | None = None  # mode off: JPEGs decode at a reduced DCT scale down to this side
 
     def side(self, size: tuple) -> int:
         """The longer side an image of ``size`` (W, H) is searched at: at most ``detect_size``, and
@@ -88,12 +90,12 @@ def find_faces(imgs: list, detector, search: Search) -> list[list]:
     return found
 
 
-def _decode(item):
+def _decode(item, min_side: int | None = None):
     """A file name -> (RGB image, None) or (None, why it is unreadable); an image passes through."""
     if not isinstance(item, str):
         return item, None
     try:
-        return load_rgb(item), None
+        return load_rgb(item, min_side=min_side), None
     except BadImageError as e:
         return None, str(e)
 
@@ -102,8 +104,8 @@ def process_chunk(items: list, detector, search: Search) -> list[tuple]:
     """Decode ``items`` (file names or images) and find their faces. -> one (image decoded here,
     or None for an image given or a file that could not be read; faces or None; error or None)
     per item."""
-    decoded = [_decode(item) for item in items]
-    ok = [i for i, (img, _) in enumerate(decoded) if img is not None]
+    decoded = [_decode(item, search.min_side if search.mode == "off" else None) for item in items]
+    ok = [i for i, (img, _) in enumerate(decoded) if img is not None and search.mode != "off"]
     found = dict(zip(ok, find_faces([decoded[i][0] for i in ok], detector, search)))
     return [(img if isinstance(item, str) else None, found.get(i), err)
             for i, (item, (img, err)) in enumerate(zip(items, decoded))]
@@ -155,6 +157,23 @@ class Pool:
         if self.executor is not None:
             self.executor.shutdown(wait=False, cancel_futures=True)
             self.executor = None
+
+
+def decoded_images(paths: list[str], min_side: int | None, workers: int):
+    """Yield (index, RGB image or None, error or None) of each of ``paths`` in order, decoded whole
+    (``load_rgb(min_side=...)``, no face search) in ``workers`` forked processes (0: here), a few
+    chunks ahead. Needs no torch (predict.py --no-detect with ONNX models)."""
+    pool = Pool(None, Search("off", min_side=min_side), workers)
+    pending, index = collections.deque(), 0
+    try:
+        for s in range(0, len(paths), CHUNK):
+            pending.append(pool.submit(paths[s:s + CHUNK]))
+            while pending and (len(pending) > 2 * max(workers, 1) or s + CHUNK >= len(paths)):
+                for img, _, err in pool.result(pending.popleft()):
+                    yield index, img, err
+                    index += 1
+    finally:
+        pool.close()
 
 
 def pool_size(paths: list[str], workers: int, detector, device) -> int:

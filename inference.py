@@ -8,7 +8,6 @@ squares of a region are cut once per distinct spec of the models in use, by
 """
 from __future__ import annotations
 
-import functools
 import itertools
 from dataclasses import dataclass, field
 
@@ -16,7 +15,8 @@ import numpy as np
 from PIL import Image
 
 import faces
-from images import BadImageError, load_rgb, resize_square
+from decode_pool import decoded_images
+from images import BadImageError, resize_square
 from inputs import collect_inputs, is_input_file  # noqa: F401 (re-exported: bench.py)
 from prediction_models import ModelPredictor
 
@@ -108,8 +108,7 @@ def image_units(paths: list[str], mode: str, detector, workers: int, keep_image:
     # whole images need only the largest chip's side (JPEGs decode at a reduced DCT scale); detection
     # wants detail
     min_side = max(c.size for c in chip_specs(chips)) if mode == "off" else None
-    from datasets import load_all  # its worker processes load torch
-    for i, img, err in load_all(paths, functools.partial(load_rgb, min_side=min_side), workers):
+    for i, img, err in decoded_images(paths, min_side, workers):
         if img is None:
             yield Unit(paths[i], error=err)
             continue

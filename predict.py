@@ -56,8 +56,7 @@ from samples import DatasetError
 # torch with the yunet detector), then imports the modules that load torch (inside the functions
 # that use them), so decoding and detection overlap torch's import and the models' loading; with
 # --no-detect, nothing of a detector is imported at all. When every model is an ONNX file, torch
-# is not imported at all (prediction_models.py: onnxruntime and numpy), unless MTCNN or
-# --no-detect's decode workers (datasets.load_all) need it.
+# is not imported at all (prediction_models.py: onnxruntime and numpy), unless MTCNN needs it.
 
 # torch's OpenMP threads spin while they wait; on cores shared with the decode pool or any other
 # work that made a forward pass up to 30x slower (ResNet-18, one 64 px image: 638 ms vs 19 ms;

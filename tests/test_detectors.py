@@ -5,6 +5,7 @@ untrained checkpoints stand in for trained models.
 """
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -149,11 +150,12 @@ def make_inputs(folder, crops, n=20):
     return folder
 
 
-def test_pool_workers_give_the_same_records_in_the_same_order(crops, ckpt, tmp_path, capsys):
+@pytest.mark.parametrize("extra", [[], ["--no-detect", "-b", "2"]])  # -b 2: --no-detect decodes in 2 workers
+def test_pool_workers_give_the_same_records_in_the_same_order(crops, ckpt, tmp_path, capsys, extra):
     folder = make_inputs(tmp_path / "in", crops)
     outs = []
     for workers in ("0", "2"):
-        assert predict.cli([str(folder), "--checkpoint", str(ckpt), "--workers", workers, *QUIET]) == 1
+        assert predict.cli([str(folder), "--checkpoint", str(ckpt), "--workers", workers, *extra, *QUIET]) == 1
         out, err = capsys.readouterr()
         outs.append(out)
         assert err.splitlines()[0].startswith("error: ") and "p05.jpg" in err.splitlines()[0]
@@ -161,7 +163,7 @@ def test_pool_workers_give_the_same_records_in_the_same_order(crops, ckpt, tmp_p
     rows = outs[0].splitlines()[1:]
     names = [f"p{i:02d}.jpg" for i in range(20) if i != 5] + ["z.png"]  # p05.jpg: unreadable
     assert [r.split(",")[0].rsplit("/", 1)[1] for r in rows] == names
-    assert "whole image" in rows[-1]  # the face crop is predicted whole (auto)
+    assert extra or "whole image" in rows[-1]  # the face crop is predicted whole (auto)
 
 
 def test_video_frames_through_the_pool(crops, ckpt, tmp_path, capsys):
@@ -214,3 +216,21 @@ def test_first_non_finite_by_sum_misses_nothing():
         w = torch.zeros(5)
         w[2] = bad
         assert first_non_finite({"a": huge, "w": w}) == "w"
+
+
+def test_no_detect_decodes_as_training_does(ckpt, tmp_path, capsys):
+    """--no-detect decodes a large JPEG in the decode pool as the training pipeline does
+    (images.decode_resized: a reduced-scale JPEG decode, then the square), so the probabilities
+    are the checkpoint's on exactly the training pixels."""
+    from prediction_models import load_predictor
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        pixels = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+        images.Image.fromarray(pixels).resize((700, 700)).save(tmp_path / f"big{i}.jpg", quality=90)
+    p = load_predictor(ckpt, torch.device("cpu"))
+    paths = sorted(tmp_path.glob("big*.jpg"))
+    want = p.probabilities(torch.stack([images.decode_resized(f, p.preset.resize) for f in paths]))
+    assert predict.cli([*map(str, paths), "--checkpoint", str(ckpt), "--no-detect", "--workers", "2", "-b", "1",
+                        "--no-amp", "--json"]) == 0
+    got = [[r["probabilities"][c] for c in p.classes] for r in json.loads(capsys.readouterr().out)]
+    np.testing.assert_allclose(got, want, atol=1e-6)

@@ -170,17 +170,18 @@ def test_bad_onnx_files_are_one_line_errors(exported, tmp_path, capsys):
 
 
 def test_onnx_models_alone_never_import_torch(exported, capsys):
-    """predict.py with ONNX models only (gender + exact age) and detection (yunet) runs on
-    onnxruntime and numpy: torch is never imported, and the records are the checkpoints'.
-    (--no-detect decodes in DataLoader workers, datasets.load_all, which loads torch.)"""
+    """predict.py with ONNX models only (gender + exact age), with detection (yunet) or without,
+    runs on onnxruntime and numpy: torch is never imported, and the records are the checkpoints'."""
     from test_detectors import loaded_modules
     gender, exact = exported["gender"][1], exported["exact"][1]
     argv = [str(exported["inputs"]), "--gender-checkpoint", str(gender), "--exact-age-checkpoint", str(exact),
             "--json", "--workers", "0"]
-    run = (f"import sys, runpy; sys.path.insert(0, '.'); sys.argv = ['predict.py', *{argv!r}]\n"
-           f"try:\n    runpy.run_path('predict.py', run_name='__main__')\n"
-           f"except SystemExit as e:\n    assert e.code == 0, e.code")
-    assert loaded_modules(run) == {"onnxruntime", "yuface"}
+    no_detect = ["--no-detect", "--workers", "2", "-b", "1"]  # two decode workers
+    for extra, loaded in (([], {"onnxruntime", "yuface"}), (no_detect, {"onnxruntime"})):
+        run = (f"import sys, runpy; sys.path.insert(0, '.'); sys.argv = ['predict.py', *{argv + extra!r}]\n"
+               f"try:\n    runpy.run_path('predict.py', run_name='__main__')\n"
+               f"except SystemExit as e:\n    assert e.code == 0, e.code")
+        assert loaded_modules(run) == loaded, extra
     onnx_out = _predict_json(capsys, *argv[:-3])
     tar_out = _predict_json(capsys, exported["inputs"], "--gender-checkpoint", exported["gender"][0],
                             "--exact-age-checkpoint", exported["exact"][0])
