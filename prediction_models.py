@@ -294,7 +294,7 @@ class ModelPredictor:
 class OnnxPredictor(ModelPredictor):
     """An ONNX file written by export.py, run on onnxruntime (CPU, fp32)."""
 
-    def __init__(self, path: str | os.PathLike, device=None, amp: bool = False):
+    def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         try:
             import onnxruntime as ort
