@@ -82,16 +82,16 @@ def describe(kind: str, m: dict) -> str:
     return " ".join(parts)
 
 
-def write_results(rows: list, data, task, names: dict, out: Path, log) -> dict:
-    """test_predictions.csv and the log's per-source lines; -> {source kind: its figures}."""
+def write_results(rows: list, data, task, names: dict, out: Path, log, split: str = "test") -> dict:
+    """test_predictions.csv (``split``_predictions.csv) and the log's per-source lines; -> {source kind: its figures}."""
     table = image_rows(rows, data, task, names)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, COLUMNS)
     writer.writeheader()
     writer.writerows(table)
-    atomic_write_text(out / "test_predictions.csv", buf.getvalue())
+    atomic_write_text(out / f"{split}_predictions.csv", buf.getvalue())
     by_source = {}
     for s in names["sources"]:
         by_source[s["kind"]] = source_metrics([r for r in table if r["source"] == s["kind"]])
-        log("test " + describe(s["kind"], by_source[s["kind"]]))
+        log(f"{split} " + describe(s["kind"], by_source[s["kind"]]))
     return by_source

@@ -68,3 +68,6 @@ def validate_args(args) -> None:
     if getattr(args, "imp_weight", 0) and loss is not None and loss not in IMPORTANCE_WEIGHTED_LOSSES:
         raise ArgumentError(f"--imp-weight 1 weights the binary tasks of --loss coral or ordinal, not --loss {loss}: "
                             f"drop --imp-weight or choose one of those losses")
+    if getattr(args, "eval_split", "test") != "test" and not getattr(args, "test_only", False):
+        raise ArgumentError(f"--eval-split {args.eval_split} chooses what --test-only evaluates: add --test-only "
+                            f"(training validates on its own split every --eval-every epochs)")

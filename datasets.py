@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import dataclasses
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -438,6 +439,19 @@ def select_samples(args, task: str, classes: list | None = None) -> Selection:
     keep, held = stratified_split(train_all.targets, args.val_split, args.seed, ordered=task == "exact-age")
     return Selection(train_all.classes, train_all.subset(keep), train_all.subset(held) if held else None,
                      test, problems)
+
+
+def validation_only(sel: Selection, classes: list, source) -> Selection:
+    """``--eval-split val``: a run's validation split in the place of its test split, nothing to
+    train on. ``classes``: the checkpoint's, which the training data must still give."""
+    if sel.val is None:
+        raise DatasetError(f"{source} was trained without a validation split (--val-split 0): evaluate its "
+                           f"test split")
+    if list(sel.classes) != list(classes):
+        shown = (lambda c: f"{c[0]}-{c[-1]}" if len(c) > 4 else ", ".join(c))
+        raise DatasetError(f"the training data's classes ({shown(list(sel.classes))}) are not {source}'s "
+                           f"({shown(list(classes))}): its validation split cannot be drawn again")
+    return dataclasses.replace(sel, train=sel.train.subset([]), val=None, test=sel.val)
 
 
 def test_selection(args, task: str, classes: list) -> Selection:

@@ -187,6 +187,11 @@ def add_run_args(p) -> None:
                    help="continue a run: from checkpoint_last.tar of --checkpoint-dir, or from PATH")
     p.add_argument("--test-only", action="store_true",
                    help="only evaluate model_best.tar (or --resume PATH) on the test split")
+    p.add_argument("--eval-split", default="test", choices=("test", "val"),
+                   help="with --test-only, the split to evaluate: val is the run's validation split, drawn "
+                        "again from the training data with the checkpoint's seed and --val-split, its files "
+                        "named val_results.json, val_predictions.csv (to choose --tta without the test "
+                        "split; default: test)")
     p.add_argument("--strict", action="store_true", help="stop on unreadable images instead of skipping them")
     p.add_argument("--max-per-class", type=int, default=None,
                    help="use at most this many images per class and split (quick experiments)")
@@ -200,10 +205,14 @@ def add_run_args(p) -> None:
 
 
 def evaluate_checkpoint(args, name: str, out: Path, source: Path, env) -> dict:
-    """--test-only: the checkpoint on the test split, as it was trained (no training data read)."""
+    """--test-only: the checkpoint on the test split, as it was trained (no training data read),
+    or with --eval-split val on its validation split (the training data split again)."""
     ckpt = load_checkpoint(source)
     preset = ds.Preset.from_dict(ckpt["preprocess"])
-    sel = ds.select_samples(args, name, classes=list(ckpt["classes"]))
+    if args.eval_split == "val":
+        sel = ds.validation_only(ds.select_samples(args, name), list(ckpt["classes"]), source)
+    else:
+        sel = ds.select_samples(args, name, classes=list(ckpt["classes"]))
     sel, load, _ = face_chips.prepare(args, sel, preset, source, out, env)
     mode, why = ds.choose_cache_mode(args.cache, len(sel.test), preset.resize, processes=env["world"])
     env["log"](describe_run(name, sel, preset, mode, why, args, env))
@@ -216,7 +225,7 @@ def evaluate_checkpoint(args, name: str, out: Path, source: Path, env) -> dict:
            "label_names": sel.label_names}
     ran_on = (ckpt.get("args") or {}).get("val_split", 0.1)
     ctx["selected_on"] = "validation split" if ran_on else "test split (--val-split 0)"
-    summary = trainer.test_best(model, test_data, source, args, ctx, out, env["log"])
+    summary = trainer.test_best(model, test_data, source, args, ctx, out, env["log"], args.eval_split)
     shutdown_distributed()
     return summary
 

@@ -30,7 +30,8 @@ LOCK_NAME = ".gac-run.lock"
 RUN_FILES = ("model_best.tar", "checkpoint_last.tar", "metrics.jsonl", "test_results.json")
 NUMBERED = re.compile(r"checkpoint\d+\.tar")
 # what a run writes besides its checkpoints; --overwrite replaces these too
-OUTPUTS = ("test_predictions.csv", "loss.png", "performance.png", "mae.png", "confusion.png", "test_scatter.png")
+OUTPUTS = ("test_predictions.csv", "loss.png", "performance.png", "mae.png", "confusion.png", "test_scatter.png",
+           "val_results.json", "val_predictions.csv", "val_confusion.png", "val_scatter.png")
 
 _held: dict[str, object] = {}  # resolved folder -> open lock file of this process
 

@@ -112,8 +112,12 @@ def describe_run(name: str, sel: ds.Selection, preset: ds.Preset, mode: str, why
     if name == "age-gender":
         what += f", genders {sel.label_names['genders']}, sources " + \
             " ".join(f"{s['kind']}={s['dir']}" for s in sel.label_names["sources"])
-    return (f"{name}: {what}; {args.arch} {preset.crop}x{preset.crop}; train {len(sel.train)}, "
-            f"val {len(sel.val) if sel.val else '(test)'}, test {len(sel.test)}; "
+    if getattr(args, "test_only", False):
+        split = "validation" if getattr(args, "eval_split", "test") == "val" else "test"
+        splits = f"evaluating the {split} split, {len(sel.test)} images"
+    else:
+        splits = f"train {len(sel.train)}, val {len(sel.val) if sel.val else '(test)'}, test {len(sel.test)}"
+    return (f"{name}: {what}; {args.arch} {preset.crop}x{preset.crop}; {splits}; "
             f"data: {mode} ({why}); device {env['device']}{' bf16' if args.amp else ''}, "
             f"{env['world']} process(es), {torch.get_num_threads()} threads each")
 

@@ -125,7 +125,9 @@ def adopt_checkpoint(args, ckpt: dict, path: Path, given: set[str]) -> str:
             raise DatasetError(f"{path} was trained with {flag} {ran[key]}, but this run asks for {value}: "
                                f"drop {flag} ({'evaluation' if args.test_only else 'resume'} takes it from the "
                                f"checkpoint)")
-    defaults = DATA_KEYS + (("seed", "max_per_class", "tta") if args.test_only else TRAINING_KEYS + RHYTHM_KEYS)
+    # evaluation keeps the run's seed and --val-split: --eval-split val draws the same validation split again
+    defaults = DATA_KEYS + (("seed", "max_per_class", "val_split", "tta") if args.test_only
+                            else TRAINING_KEYS + RHYTHM_KEYS)
     for key in fixed + defaults:
         if key != "task" and key not in given and ran.get(key) is not None:
             setattr(args, key, ran[key])

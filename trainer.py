@@ -25,6 +25,9 @@ from checkpointing import CHECKPOINT_FORMAT, CheckpointError, atomic_torch_save,
 from engine import Stopper, StopRequested, ema_steps, evaluate, refuse_non_finite, restore_ema, train_one_epoch
 from runtime import all_gather_objects, barrier
 
+# the results key of each evaluated split ("val" already holds the figures the checkpoint was chosen by)
+SPLIT_KEYS = {"test": "test", "val": "validation"}
+
 
 def plain_args(args) -> dict:
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
@@ -215,9 +218,11 @@ def resume(path: Path, model, optimizer, scheduler, state: dict, ctx, args, log)
     return list(ckpt["history"])
 
 
-def test_best(model, test_data, best_path: Path, args, ctx, out: Path, log) -> dict:
+def test_best(model, test_data, best_path: Path, args, ctx, out: Path, log, split: str = "test") -> dict:
     """Evaluate the chosen checkpoint once on the test split; rank 0 writes
-    test_results.json (and the confusion matrix or the per-image predictions)."""
+    test_results.json (and the confusion matrix or the per-image predictions).
+    ``split="val"`` (``--test-only --eval-split val``): ``test_data`` is the validation split, and
+    every file and log line is named val_ instead (the test results stay as they are)."""
     name, task, classes = ctx["task_name"], ctx["task"], ctx["classes"]
     per_image = task.kind != "classification"  # keep each test image's outputs (for its predictions file)
     barrier()  # rank 0 has finished writing model_best.tar
@@ -226,11 +231,11 @@ def test_best(model, test_data, best_path: Path, args, ctx, out: Path, log) -> d
     (model.module if hasattr(model, "module") else model).load_state_dict(ckpt["model_state"])
     rows: list = []
     result = evaluate_until_stopped(model, test_data, args, ctx, rows if per_image else None, best_path, log)
-    summary = {"task": name, "checkpoint": str(best_path), "epoch": ckpt["epoch"],
-               "val": ckpt["best"], "test": {k: v for k, v in result.items() if k != "confusion"},
-               "selected_on": ctx["selected_on"]}
+    summary = {"task": name, "checkpoint": str(best_path), "epoch": ckpt["epoch"], "split": split,
+               "val": ckpt["best"], SPLIT_KEYS[split]: {k: v for k, v in result.items() if k != "confusion"},
+               "selected_on": ctx["selected_on"], "tta": bool(args.tta)}
     if task.kind != "ordinal":
-        summary.update(test_acc=result["acc"], test_n=result["n"], confusion=result["confusion"],
+        summary.update({f"{split}_acc": result["acc"], f"{split}_n": result["n"], "confusion": result["confusion"]},
                        classes=ctx["label_names"]["genders"] if task.kind == "age-gender" else classes)
     if "timing" in ctx:  # bench_general.py: the run's time, and the part spent on face chips
         summary["timing"] = {"chips_s": ctx["timing"]["chips_s"],
@@ -238,21 +243,23 @@ def test_best(model, test_data, best_path: Path, args, ctx, out: Path, log) -> d
     rows = [r for part in all_gather_objects(rows) for r in part]  # per-image rows of every shard
     if ctx["rank"] != 0:
         return summary
-    log(f"test: {task.describe(result)} on {result['n']} images with {best_path.name} "
+    log(f"{split}: {task.describe(result)} on {result['n']} images with {best_path.name} "
         f"(epoch {ckpt['epoch']}, chosen on {summary['selected_on']})")
     if task.kind == "age-gender":
-        summary["by_source"] = age_gender_report.write_results(rows, test_data, task, ctx["label_names"], out, log)
+        summary["by_source"] = age_gender_report.write_results(rows, test_data, task, ctx["label_names"], out, log,
+                                                               split)
     elif per_image:
-        write_test_predictions(rows, test_data, task, out)
+        write_test_predictions(rows, test_data, task, out, split)
     if task.kind != "ordinal":
         names = summary["classes"]
         log("confusion matrix (rows true, columns predicted; " + ", ".join(names) + "):")
         for cname, row in zip(names, result["confusion"]):
             log(f"  {cname:>12}: " + " ".join(f"{v:5d}" for v in row))
-        plots.plot_confusion(result["confusion"], names, out / "confusion.png",
-                             f"{name} test: {'gender ' if task.kind == 'age-gender' else ''}accuracy "
+        plots.plot_confusion(result["confusion"], names, out / ("confusion.png" if split == "test" else
+                                                                 f"{split}_confusion.png"),
+                             f"{name} {split}: {'gender ' if task.kind == 'age-gender' else ''}accuracy "
                              f"{result['acc']:.3f}")
-    plots.write_json(summary, out / "test_results.json")
+    plots.write_json(summary, out / f"{split}_results.json")
     return summary
 
 
@@ -271,8 +278,9 @@ def evaluate_until_stopped(model, test_data, args, ctx, rows, best_path: Path, l
         stopper.restore()
 
 
-def write_test_predictions(rows: list, data, task, out: Path) -> None:
-    """test_predictions.csv (file, true age, predicted age, rank probabilities) and test_scatter.png."""
+def write_test_predictions(rows: list, data, task, out: Path, split: str = "test") -> None:
+    """test_predictions.csv (file, true age, predicted age, rank probabilities) and test_scatter.png
+    (val_predictions.csv and val_scatter.png for ``split="val"``)."""
     rows = sorted(rows, key=lambda r: r[0])
     logits = torch.stack([r[1] for r in rows]) if rows else torch.zeros((0, 1))
     probs = losses.rank_probabilities(logits, task.loss_name) if rows else torch.zeros((0, task.k))
@@ -285,6 +293,7 @@ def write_test_predictions(rows: list, data, task, out: Path) -> None:
         true_age = int(data.targets[i]) + task.min_age
         true_ages.append(true_age)
         w.writerow([data.paths[i], true_age, round(p, 2)] + [f"{v:.5f}" for v in pr])
-    atomic_write_text(out / "test_predictions.csv", buf.getvalue())
+    atomic_write_text(out / f"{split}_predictions.csv", buf.getvalue())
     if rows:
-        plots.plot_scatter(true_ages, pred.tolist(), out / "test_scatter.png", "test: predicted against true age")
+        plots.plot_scatter(true_ages, pred.tolist(), out / f"{split}_scatter.png",
+                           f"{split}: predicted against true age")

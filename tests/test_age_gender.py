@@ -206,7 +206,7 @@ def test_age_gender_run_reports_each_source_and_evaluates_again(tmp_path):
     d = make_sources(tmp_path)
     out = tmp_path / "run"
     argv = ["--task", "age-gender", *sum((["--source", s] for s in source_args(d).source), []),
-            "--checkpoint-dir", str(out), "-ep", "2", "--val-split", "0.25", *LIGHT]
+            "--checkpoint-dir", str(out), "-ep", "2", "--val-split", "0.25", "--seed", "3", *LIGHT]
     assert gac.cli(argv) == 0
     result = json.loads((out / "test_results.json").read_text())
     assert set(result["by_source"]) == {"utkface", "gender", "age-groups"}
@@ -227,6 +227,14 @@ def test_age_gender_run_reports_each_source_and_evaluates_again(tmp_path):
     assert gac.cli(["--test-only", "--resume", str(out / "model_best.tar"), "--checkpoint-dir", str(again),
                     *sum((["--source", s] for s in source_args(d).source), []), "--no-progress"]) == 0
     assert json.loads((again / "test_results.json").read_text())["by_source"] == result["by_source"]
+    # --eval-split val: the run's own validation split (its seed 3 and --val-split 0.25), so its logged figures
+    ckpt_epoch = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][ckpt["epoch"] - 1]
+    assert gac.cli(["--test-only", "--eval-split", "val", "--resume", str(out / "model_best.tar"), "--checkpoint-dir",
+                    str(again), *sum((["--source", s] for s in source_args(d).source), []), "--no-progress"]) == 0
+    val = json.loads((again / "val_results.json").read_text())
+    assert val["validation"]["loss"] == pytest.approx(ckpt_epoch["val_loss"], abs=1e-5)
+    assert val["validation"]["mae"] == pytest.approx(ckpt_epoch["val_mae"], abs=1e-5)
+    assert len(list(csv.DictReader(open(again / "val_predictions.csv")))) == val["validation"]["n"]
     # another age-group rule contradicts the checkpoint
     assert gac.cli(["--test-only", "--resume", str(out / "model_best.tar"), "--checkpoint-dir", str(again),
                     "--age-groups", "a=0-20,b=21-", "--no-progress"]) == 2

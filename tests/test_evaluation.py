@@ -64,6 +64,34 @@ def test_test_only_takes_the_classifier_from_its_checkpoint(gender_run, tmp_path
         assert said in one_line_error(capsys)
 
 
+def test_test_only_on_the_validation_split_gives_the_runs_own_validation_figures(gender_run, tmp_path, capsys):
+    """--eval-split val draws the run's validation split again (the checkpoint's seed and
+    --val-split), so model_best.tar scores there exactly what the run logged for its epoch."""
+    data, out = gender_run
+    best = load_checkpoint(out / "model_best.tar")
+    logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    row = next(r for r in logged if r["epoch"] == best["epoch"])
+    evaluated = tmp_path / "eval"
+    argv = [*TINY, "--test-only", "--eval-split", "val", "--resume", str(out / "model_best.tar"),
+            "--data-dir", str(data), "--checkpoint-dir", str(evaluated)]
+    assert gac.cli(argv) == 0
+    got = json.loads((evaluated / "val_results.json").read_text())
+    assert got["split"] == "val" and got["val_n"] == 2  # 10% of each class's 6 training images, at least one
+    assert got["val_acc"] == pytest.approx(row["val_acc"], abs=1e-9)
+    assert got["validation"]["loss"] == pytest.approx(row["val_loss"], abs=1e-6)
+    assert (evaluated / "val_confusion.png").exists() and not (evaluated / "test_results.json").exists()
+    said = capsys.readouterr().out
+    assert "evaluating the validation split, 2 images" in said and "\nval: " in said
+    # val without --test-only, or without the training folder: one line, exit 2
+    assert gac.cli([*TINY, "--eval-split", "val", "--data-dir", str(data), "--checkpoint-dir",
+                    str(tmp_path / "new")]) == 2
+    assert "--test-only" in one_line_error(capsys)
+    test_only = tmp_path / "data"
+    shutil.copytree(data / "test", test_only / "test")
+    assert gac.cli([*argv[:-4], "--data-dir", str(test_only), "--checkpoint-dir", str(evaluated)]) == 2
+    assert "train" in one_line_error(capsys)
+
+
 def test_resume_takes_the_run_recipe_from_its_checkpoint(gender_run, tmp_path, capsys):
     data, out = gender_run
     run = tmp_path / "run"
