@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 
@@ -86,17 +87,17 @@ def run_main(argv):
 def test_compares_a_finished_run_and_writes_json(tmp_path, capsys):
     run_dir = tmp_path / "run"
     write_run(run_dir, ROWS, {"chips_s": 600.0, "total_s": 4200.0})
-    assert run_main(["--run-dir", str(run_dir), "--skip-train", "--no-peer"]) == 0
+    assert run_main(["--run-dir", str(run_dir), "--skip-train", "--no-peer", "--no-tta"]) == 0
     result = json.loads((run_dir / "bench_general.json").read_text())
     assert result["ours"]["gender_data"]["k"] == 2 and result["peer"] is None
     assert result["timing"]["train_no_chips_min"] == 60.0
     assert result["budget_met"] is True  # 60 min is within either budget
     assert "| gender, gender-data/test | 0.667 (2/3) | not run |" in capsys.readouterr().out
     # run again: it replaces its own result, but never another file
-    assert run_main(["--run-dir", str(run_dir), "--skip-train", "--no-peer"]) == 0
+    assert run_main(["--run-dir", str(run_dir), "--skip-train", "--no-peer", "--no-tta"]) == 0
     other = tmp_path / "notes.json"
     other.write_text("{}")
-    assert run_main(["--run-dir", str(run_dir), "--skip-train", "--no-peer", "--out", str(other)]) == 2
+    assert run_main(["--run-dir", str(run_dir), "--skip-train", "--no-peer", "--no-tta", "--out", str(other)]) == 2
     assert other.read_text() == "{}"
 
 
@@ -104,14 +105,46 @@ def test_refuses_to_train_over_an_existing_run(tmp_path, capsys, monkeypatch):
     run_dir = tmp_path / "run"
     write_run(run_dir, ROWS)
     monkeypatch.setattr(bg.subprocess, "run", lambda *a, **k: pytest.fail("must not start training"))
-    assert run_main(["--run-dir", str(run_dir), "--no-peer"]) == 2
+    assert run_main(["--run-dir", str(run_dir), "--no-peer", "--no-tta"]) == 2
     err = capsys.readouterr().err
     assert "already holds a run" in err and "--overwrite" in err and len(err.strip().splitlines()) == 1
     calls = []
     monkeypatch.setattr(bg.subprocess, "run", lambda cmd, **k: calls.append(cmd) or type("P", (), {"returncode": 0}))
-    assert run_main(["--run-dir", str(run_dir), "--no-peer", "--overwrite", "--train-args", "--epochs 2"]) == 0
+    assert run_main(["--run-dir", str(run_dir), "--no-peer", "--no-tta", "--overwrite", "--train-args",
+                     "--epochs 2"]) == 0
     assert calls[0][1:] == ["gender_age_classifier.py", "--task", "age-gender", "--min-age", "21", "--max-age", "60",
                             "--checkpoint-dir", str(run_dir), "--no-progress", "--overwrite", "--epochs", "2"]
+
+
+def test_tta_compares_the_over_sampled_evaluation_of_the_same_checkpoint(tmp_path, capsys, monkeypatch):
+    run_dir = tmp_path / "run"
+    write_run(run_dir, ROWS, {"chips_s": 600.0, "total_s": 4200.0})
+    own = (run_dir / "test_predictions.csv").read_text()
+    better = [dict(r, gender="female") if r["file"] == "g/c.jpg" else r for r in ROWS]  # over-sampling fixes g/c
+    calls = []
+
+    def fake_run(cmd, **kwargs):
+        calls.append(cmd)
+        write_run(Path(cmd[cmd.index("--checkpoint-dir") + 1]), better)
+        return type("P", (), {"returncode": 0})
+
+    monkeypatch.setattr(bg.subprocess, "run", fake_run)
+    clock = iter(range(0, 10_000, 360))  # each reading of the clock 6 minutes after the last
+    monkeypatch.setattr(bg.time, "perf_counter", lambda: next(clock))
+    assert run_main(["--run-dir", str(run_dir), "--skip-train", "--no-peer"]) == 2  # no model_best.tar yet
+    assert "model_best.tar is missing" in capsys.readouterr().err and not calls
+    (run_dir / "model_best.tar").write_bytes(b"weights")
+    assert run_main(["--run-dir", str(run_dir), "--skip-train", "--no-peer"]) == 0
+    assert calls == [[bg.sys.executable, "gender_age_classifier.py", "--test-only", "--tta", "--resume",
+                      str(run_dir / "model_best.tar"), "--checkpoint-dir", str(run_dir / "tta"), "--no-progress"]]
+    result = json.loads((run_dir / "bench_general.json").read_text())
+    assert result["tta"] is True and result["ours"]["gender_data"]["k"] == 3  # the over-sampled predictions
+    assert result["timing"]["tta_s"] == 360  # and its time counts in the budget
+    assert result["timing"]["train_no_chips_min"] == 66.0
+    assert (run_dir / "test_predictions.csv").read_text() == own  # the run's own test stays as it was
+    monkeypatch.setattr(bg.subprocess, "run", lambda cmd, **k: type("P", (), {"returncode": 1}))
+    assert run_main(["--run-dir", str(run_dir), "--skip-train", "--no-peer"]) == 1
+    assert "--tta evaluation failed" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("damage", ["no-csv", "bad-age", "no-column"])
@@ -125,7 +158,7 @@ def test_bad_run_files_give_one_line_and_exit_2(tmp_path, capsys, damage):
         csv_path.write_text(csv_path.read_text().replace("33.0", "abc"))
     else:
         csv_path.write_text(csv_path.read_text().replace("true_age", "truth"))
-    assert run_main(["--run-dir", str(run_dir), "--skip-train", "--no-peer"]) == 2
+    assert run_main(["--run-dir", str(run_dir), "--skip-train", "--no-peer", "--no-tta"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("bench_general: error:") and len(err.strip().splitlines()) == 1
 
