@@ -79,9 +79,9 @@ def add_original_args(p) -> None:
     p.add_argument("--weight-decay", type=float, default=None, help="L2 weight decay (default: 0; exact age: 0.05, "
                                                                     "decoupled as AdamW's)")
     p.add_argument("--label-smoothing", type=float, default=0.0, help="cross-entropy label smoothing")
-    p.add_argument("--aug", default="original", choices=("original", "strong"),
+    p.add_argument("--aug", default=None, choices=("original", "strong"),
                    help="original: RandomCrop + flip, as the original; strong: also random scale, position "
-                        "and colour (measured no better on the small default data; kept for larger data)")
+                        "and colour (default: original; --task age-gender: strong, better on its validation)")
     p.add_argument("--arch", default=None, choices=ARCHITECTURES,
                    help="network (default: levi_hassner; exact age: resnet18, the paper recipe resnet34)")
     p.add_argument("--resize", type=int, default=None,

@@ -254,6 +254,17 @@ def test_seeded_age_gender_runs_repeat_exactly(tmp_path):
     assert all(torch.equal(logs[1][k], logs[3][k]) for k in logs[1])
 
 
+@pytest.mark.parametrize("argv,aug", [(["--task", "age-gender"], "strong"), ([], "original"), (["-a"], "original"),
+                                      (["--task", "exact-age"], "original"),
+                                      (["--task", "age-gender", "--aug", "original"], "original")])
+def test_augmentation_defaults(argv, aug):
+    """Age-gender trains with the strong augmentation (better on its validation), the others with the original's."""
+    import settings
+    args = gac.get_args_parser().parse_args(argv)
+    settings.resolve_defaults(args, settings.task_name(args))
+    assert args.aug == aug
+
+
 @pytest.mark.parametrize("argv,margin", [(["--task", "age-gender"], 0.05), (["--face-chips", "aligned"], 0.25),
                                          (["--task", "age-gender", "--chip-margin", "0.3"], 0.3)])
 def test_chip_margin_defaults(argv, margin):
