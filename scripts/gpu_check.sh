@@ -9,6 +9,10 @@
 #               (a test crop pasted on a background), the gender and exact-age models together
 #   export      export.py to ONNX (checked against PyTorch)
 #   predict-onnx  predict.py --onnx on the same photo and video (onnxruntime runs on the CPU)
+#   age-gender  1 epoch of the dual-task model (ResNet-18 at 64 px, gender and exact-age heads) on two
+#               sources at once: the gender tree and utkface/ (generated with a test CSV when absent)
+#   age-gender-predict  predict.py --tta with that one checkpoint on the test crops, photo and video
+#   age-gender-export   export.py of both heads to ONNX (checked against PyTorch)
 # It ends with one line per step: its rate in images/s (training: the last epoch's, from the run's
 # metrics.jsonl; prediction: records over wall time, start-up included) and beside it the compute-only
 # rate of the same network on the same device and precision (synthetic batches, no data loading;
@@ -28,7 +32,7 @@ mode=gpu
 case "${1:-}" in
   "") ;;
   --cpu) mode=cpu ;;
-  -h|--help) sed -n '2,21p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  -h|--help) sed -n '2,25p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
   *) echo "error: unknown argument '$1': use --cpu, or no argument on a CUDA machine" >&2; exit 2 ;;
 esac
 if [ $# -gt 1 ]; then
@@ -143,16 +147,37 @@ rate[export]="$(tail -n 1 "$work/logs/export.out")"
 step predict-onnx "$PY" predict.py "${media[@]}" --onnx "$work/gender.onnx"
 rate[predict-onnx]=$("${helper[@]}" predict-rate "$work/logs/predict-onnx.out" "${seconds[predict-onnx]}" $media_faces)
 
+# the dual-task model, the toolkit's strongest (issue 18): both heads under bf16 autocast, labels
+# masked per source, one report per source; then prediction and ONNX export from its one checkpoint
+step age-gender "${train[@]}" --task age-gender --source "gender=$gdata" --source "utkface=$utk" \
+  --face-chips off --framing-sample 0 --min-age 21 --max-age 60 --arch resnet18 --resize 68 --crop 64 \
+  --checkpoint-dir "$work/dual" -ep 1 -b "$age_batch"
+expect age-gender "bf16, 1 process(es)"
+rate[age-gender]=$("${helper[@]}" run-rate "$work/dual" --epochs 1)
+
+# the test crops too: with --detect auto a crop gets a prediction even where no face is found in it
+step age-gender-predict "$PY" predict.py "$gdata/test" "${media[@]}" --amp --tta \
+  --age-gender-checkpoint "$work/dual/model_best.tar"
+expect age-gender-predict '"age_group"'
+rate[age-gender-predict]=$("${helper[@]}" predict-rate "$work/logs/age-gender-predict.out" \
+  "${seconds[age-gender-predict]}" $media_faces)
+
+step age-gender-export "$PY" export.py "$work/dual/model_best.tar" -o "$work/dual.onnx"
+rate[age-gender-export]="$(tail -n 1 "$work/logs/age-gender-export.out")"
+
 # compute-only rates, one process for all: the same networks, devices and precisions as the steps
-g="$work/gender/model_best.tar" e="$work/exact/model_best.tar"
+g="$work/gender/model_best.tar" e="$work/exact/model_best.tar" d="$work/dual/model_best.tar"
 step compute-only "${helper[@]}" compute-only --steps "$steps" "train=$g,train,$dev,$batch,bf16" \
-  "exact-age=$e,train,$dev,$age_batch,bf16" "predict=$g,infer,$dev,$batch,bf16" "predict-onnx=$g,infer,cpu,$batch,fp32"
+  "exact-age=$e,train,$dev,$age_batch,bf16" "predict=$g,infer,$dev,$batch,bf16" "predict-onnx=$g,infer,cpu,$batch,fp32" \
+  "age-gender=$d,train,$dev,$age_batch,bf16" "age-gender-predict=$d,infer,$dev,$batch,bf16"
 declare -A compute
 while IFS=$'\t' read -r name value; do compute[$name]=$value; done <"$work/logs/compute-only.out"
 compute[resume]=${compute[train]} compute[torchrun]="${compute[train]} per process" compute[export]="-"
+compute[age-gender-export]="-"
 
 echo "gpu-check: results ($mode mode, device $dev):"
-for name in train resume torchrun exact-age predict export predict-onnx; do
-  printf 'gpu-check: %-13s %s | compute-only: %s\n' "$name" "${rate[$name]}" "${compute[$name]}"
+for name in train resume torchrun exact-age predict export predict-onnx age-gender age-gender-predict \
+    age-gender-export; do
+  printf 'gpu-check: %-18s %s | compute-only: %s\n' "$name" "${rate[$name]}" "${compute[$name]}"
 done
 echo "gpu-check: all steps passed"

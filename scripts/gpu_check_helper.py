@@ -2,7 +2,7 @@
 pasted face, rates from a run's metrics.jsonl or predict.py's JSON, and a
 compute-only rate on the run's own device.
 
-    python scripts/gpu_check_helper.py data OUT                # OUT/gender (ImageFolder), OUT/utkface
+    python scripts/gpu_check_helper.py data OUT                # OUT/gender (ImageFolder), OUT/utkface (+ CSV)
     python scripts/gpu_check_helper.py media CROP OUT          # OUT/photo.jpg, OUT/clip.mp4
     python scripts/gpu_check_helper.py run-rate RUN_DIR --epochs N
     python scripts/gpu_check_helper.py predict-rate PREDICTIONS.json SECONDS [--need-faces]
@@ -21,6 +21,7 @@ run's device, synchronising CUDA before reading the clock.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import sys
 import time
@@ -31,8 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def make_data(out: Path, per_class: int) -> None:
-    """A gender ImageFolder tree and a UTKFace-like folder (ages in the file names), from face-free
-    generated pictures: enough for every step to run, not to learn anything."""
+    """A gender ImageFolder tree and a UTKFace-like folder (ages and genders in the file names, a
+    CORAL-style test CSV), from face-free generated pictures: enough for every step to run, not to
+    learn anything."""
     import faces
     seed = 0
     for split, n in (("train", per_class), ("test", max(2, per_class // 4))):
@@ -44,10 +46,16 @@ def make_data(out: Path, per_class: int) -> None:
                 faces.background((64, 64), seed).save(folder / f"{i}.jpg")
     folder = out / "utkface" / "UTKFace"
     folder.mkdir(parents=True)
+    test_rows = []
     for i in range(per_class * 2):
         seed += 1
         age = 21 + (i % 8) * 5  # 8 ages, each several times, for the stratified random split
-        faces.background((64, 64), seed).save(folder / f"{age}_{i % 2}_0_20170101{i:06d}.jpg.chip.jpg")
+        name = f"{age}_{i % 2}_0_20170101{i:06d}.jpg.chip.jpg"
+        faces.background((64, 64), seed).save(folder / name)
+        if i % 4 == 3:  # a quarter is the test split of --source utkface (the CORAL CSV: age - 21)
+            test_rows.append([len(test_rows), name, age - 21])
+    with open(out / "utkface" / "utk_test.csv", "w", newline="") as f:
+        csv.writer(f).writerows([["", "file", "age"], *test_rows])
 
 
 def make_media(crop_path: Path, out: Path, frames: int = 16) -> None:

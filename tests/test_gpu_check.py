@@ -10,7 +10,8 @@ import sys
 from conftest import ROOT
 
 SCRIPT = ROOT / "scripts" / "gpu_check.sh"
-STEPS = ("train", "resume", "torchrun", "exact-age", "predict", "export", "predict-onnx")
+STEPS = ("train", "resume", "torchrun", "exact-age", "predict", "export", "predict-onnx", "age-gender",
+         "age-gender-predict", "age-gender-export")
 
 
 def run(tmp_path, *args, python=sys.executable, env=None, timeout=900):
@@ -32,9 +33,13 @@ def test_cpu_mode_runs_every_step_and_prints_its_rates(tmp_path):
     for name in STEPS:
         assert f"gpu-check: {name} ok (" in out, name
     rate = r"[0-9.]+ img/s"
-    for name in ("train", "resume", "torchrun", "exact-age", "predict", "predict-onnx"):
+    for name in ("train", "resume", "torchrun", "exact-age", "predict", "predict-onnx", "age-gender",
+                 "age-gender-predict"):
         assert re.search(rf"^gpu-check: {name} +{rate} .*\| compute-only: {rate} ", out, re.M), (name, out)
-    assert re.search(r"^gpu-check: export +wrote \S+gender\.onnx .*onnxruntime matches PyTorch", out, re.M), out
+    for name, onnx in (("export", "gender"), ("age-gender-export", "dual")):
+        assert re.search(rf"^gpu-check: {name} +wrote \S+{onnx}\.onnx .*onnxruntime matches PyTorch", out, re.M), out
+    # the dual-task model's predictions: one per test crop at least (a crop is predicted without a face)
+    assert int(re.search(r"^gpu-check: age-gender-predict +\S+ img/s \((\d+) records", out, re.M)[1]) >= 4, out
     assert re.search(r"^gpu-check: resume +[0-9.]+ img/s \(epoch 3,", out, re.M)  # the run went on to epoch 3
     assert out.rstrip().endswith("gpu-check: all steps passed")
     assert work_folders(tmp_path) == []  # the temporary work folder was removed
