@@ -152,9 +152,9 @@ def add_age_gender_args(g) -> None:
                         "folders, IMDB-WIKI names); default: " + " ".join(sources.DEFAULT_SOURCES))
     g.add_argument("--age-groups", default=age_groups.DEFAULT, metavar="NAME=LO-HI,...",
                    help="age groups read off the predicted age (test figures, predict.py)")
-    g.add_argument("--gender-weight", type=float, default=4.0,
-                   help="weight of the gender loss (the age loss sums over the age thresholds: at weight 1 "
-                        "gender lagged, validation 0.75 against 0.81 after 3 of 5 pilot epochs)")
+    g.add_argument("--gender-weight", type=float, default=8.0,
+                   help="weight of the gender loss (default: 8; the age loss sums over the age thresholds: 8 "
+                        "beat 4 on validation gender and age MAE in the 40-epoch recipe, docs/results.md)")
     g.add_argument("--age-weight", type=float, default=1.0, help="weight of the age loss")
     g.add_argument("--pretrained", default=None, metavar="PATH|imagenet",
                    help="start a ResNet from ImageNet weights: torchvision's download and cache (TORCH_HOME), or "

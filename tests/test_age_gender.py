@@ -258,11 +258,12 @@ def test_seeded_age_gender_runs_repeat_exactly(tmp_path):
     (["--task", "age-gender"], "aug", "strong"), ([], "aug", "original"), (["-a"], "aug", "original"),
     (["--task", "exact-age"], "aug", "original"), (["--task", "age-gender", "--aug", "original"], "aug", "original"),
     (["--task", "age-gender"], "chip_margin", 0.05), (["--face-chips", "aligned"], "chip_margin", 0.25),
-    (["--task", "age-gender", "--chip-margin", "0.3"], "chip_margin", 0.3)])
+    (["--task", "age-gender", "--chip-margin", "0.3"], "chip_margin", 0.3),
+    (["--task", "age-gender"], "gender_weight", 8.0), (["--task", "age-gender", "--gender-weight", "2"], "gender_weight", 2.0)])
 def test_age_gender_recipe_defaults(argv, key, value):
-    """Age-gender trains with the strong augmentation (better on its validation) and aligned chips with 0.05 of
-    the template around the face (UTKFace's tight crops); the other tasks with the original's augmentation and
-    0.25; a given flag wins."""
+    """Age-gender trains with the strong augmentation and gender weight 8 (better on its validation) and aligned
+    chips with 0.05 of the template around the face (UTKFace's tight crops); the other tasks with the original's
+    augmentation and 0.25; a given flag wins."""
     import settings
     args = gac.get_args_parser().parse_args(argv)
     settings.resolve_defaults(args, settings.task_name(args))
