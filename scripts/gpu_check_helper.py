@@ -36,6 +36,7 @@ def make_data(out: Path, per_class: int) -> None:
     CORAL-style test CSV), from face-free generated pictures: enough for every step to run, not to
     learn anything."""
     import faces
+    from sources import UTKFACE_TEST_OFFSET
     seed = 0
     for split, n in (("train", per_class), ("test", max(2, per_class // 4))):
         for cls in ("female", "male"):
@@ -52,8 +53,8 @@ def make_data(out: Path, per_class: int) -> None:
         age = 21 + (i % 8) * 5  # 8 ages, each several times, for the stratified random split
         name = f"{age}_{i % 2}_0_20170101{i:06d}.jpg.chip.jpg"
         faces.background((64, 64), seed).save(folder / name)
-        if i % 4 == 3:  # a quarter is the test split of --source utkface (the CORAL CSV: age - 21)
-            test_rows.append([len(test_rows), name, age - 21])
+        if i % 8 in (2, 7):  # a quarter, both genders: the test split of --source utkface (CORAL CSV ages)
+            test_rows.append([len(test_rows), name, age - UTKFACE_TEST_OFFSET])
     with open(out / "utkface" / "utk_test.csv", "w", newline="") as f:
         csv.writer(f).writerows([["", "file", "age"], *test_rows])
 
