@@ -145,11 +145,16 @@ def met(value, op: str | None, target) -> bool | None:
     return value >= target - 1e-12 if op == ">=" else value <= target + 1e-12  # 106/108 exactly meets
 
 
-def cell(m: dict, field: str) -> str:
+def cell(m: dict, field: str, op: str | None = None, target=None) -> str:
+    """A figure to 3 decimals, or to 4 where 3 would round it across a 3-decimal target (0.96593 is not
+    0.966); a fractional target such as 106/108 is read from the count beside the figure."""
     value = m.get(field)
     if value is None:
         return "n/a"
-    text = f"{value:.3f}" + (f" ({m['k']}/{m['n']})" if field == "acc" else "")
+    text = f"{value:.3f}"
+    if target is not None and round(target, 3) == target and met(float(text), op, target) != met(value, op, target):
+        text = f"{value:.4f}"
+    text += f" ({m['k']}/{m['n']})" if field == "acc" else ""
     return text + (f", {m['missed']} no face" if m.get("missed") else "")
 
 
@@ -161,7 +166,8 @@ def table(ours: dict, peer: dict | None) -> tuple[str, list[dict]]:
         ok = met(ours[key][field], op, target)
         out.append({"row": label, "ours": ours[key][field], "peer": peer[key][field] if peer else None,
                     "target": target, "op": op, "met": ok})
-        lines.append(f"| {label} | {cell(ours[key], field)} | {cell(peer[key], field) if peer else 'not run'} | "
+        lines.append(f"| {label} | {cell(ours[key], field, op, target)} | "
+                     f"{cell(peer[key], field, op, target) if peer else 'not run'} | "
                      f"{shown} | {'' if ok is None else ('yes' if ok else 'NO')} |")
     return "\n".join(lines), out
 

@@ -62,6 +62,17 @@ def test_table_says_whether_each_target_is_met():
     assert "1 no face" in text
 
 
+def test_table_never_rounds_a_figure_across_its_target():
+    figures = {"gender_data": {"k": 106, "n": 108, "acc": 106 / 108, "missed": 0},
+               "utk_gender": {"k": 3175, "n": 3287, "acc": 3175 / 3287, "missed": 0},  # 0.96593: a miss
+               "young_old": {"k": 80, "n": 83, "acc": 80 / 83, "missed": 0},
+               "utk_age": {"n": 10, "missed": 0, "mae": 4.8004, "rmse": 6.0, "cs5": 0.6}}  # a miss too
+    text, rows = bg.table(figures, None)
+    assert [r["met"] for r in rows[:4]] == [True, False, True, False]
+    assert "| 0.9659 (3175/3287) |" in text and "| 4.8004 |" in text
+    assert "| 0.964 (80/83) |" in text and "| 0.981 (106/108) |" in text  # 3 decimals where no doubt
+
+
 def test_cpu_info_and_budget():
     amx = bg.cpu_info("model name\t: Xeon X\nflags\t\t: avx2 amx_tile avx512_bf16\n")
     assert amx == {"model": "Xeon X", "amx": True, "avx512_bf16": True, "budget_min": 60, "budget_kind": "AMX"}
