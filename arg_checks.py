@@ -42,6 +42,7 @@ RANGES = {
     "resize": _between(16, 2048),
     "crop": _between(16, 2048),
     "seed": _between(0, 2 ** 32 - 1),
+    "split_seed": _between(0, 2 ** 32 - 1),
     "min_age": _between(0, 150),
     "max_age": _between(0, 150),
     "csv_age_offset": _between(-150, 150),

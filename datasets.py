@@ -35,7 +35,7 @@ from presets import EvalPreset
 import sources
 from runtime import all_gather_objects
 from samples import (AgeSamples, DatasetError, SampleSet, ages_from_csv, ages_from_names, genders_from_utkface,
-                     scan_image_folder, stratified_split, to_ranks)
+                     scan_image_folder, split_seed, stratified_split, to_ranks)
 
 TASK_DATA = {"gender": "gender-data", "age": "age-data"}  # default --data-dir per task
 
@@ -339,7 +339,7 @@ def exact_age_samples(args, test_only: bool = False) -> tuple[SampleSet, SampleS
         test_csv = Path(args.test_csv or base / "utk_test.csv")
         offset = 21 if args.csv_age_offset is None else args.csv_age_offset
         if args.random_split is not None:
-            parts = split_ages(ages_from_names(image_dir, "utkface"), args.random_split, args.seed)
+            parts = split_ages(ages_from_names(image_dir, "utkface"), args.random_split, split_seed(args))
         else:
             parts = (nothing if test_only else ages_from_csv(train_csv, image_dir, args.path_column,
                                                              args.age_column, offset),
@@ -355,11 +355,11 @@ def exact_age_samples(args, test_only: bool = False) -> tuple[SampleSet, SampleS
         if args.random_split is not None:
             merged = AgeSamples(parts[0].paths + parts[1].paths, parts[0].ages + parts[1].ages,
                                    parts[0].problems + parts[1].problems)
-            parts = split_ages(merged, args.random_split, args.seed)
+            parts = split_ages(merged, args.random_split, split_seed(args))
     else:
         base = Path(args.data_dir or "age-data")
         if args.random_split is not None:
-            parts = split_ages(ages_from_names(base, "imdb-wiki"), args.random_split, args.seed)
+            parts = split_ages(ages_from_names(base, "imdb-wiki"), args.random_split, split_seed(args))
         else:
             parts = (nothing if test_only else ages_from_names(base / "train", "imdb-wiki"),
                      ages_from_names(base / "test", "imdb-wiki"))
@@ -382,7 +382,7 @@ def utkface_gender_samples(image_dir: Path, args) -> tuple[SampleSet, SampleSet,
     share = 0.1 if args.random_split is None else args.random_split
     if not 0 < share < 1:
         raise DatasetError(f"--random-split must be between 0 and 1 for a test share, got {share}")
-    keep, test = stratified_split(everything.targets, share, args.seed)
+    keep, test = stratified_split(everything.targets, share, split_seed(args))
     return everything.subset(keep), everything.subset(test), everything.skipped
 
 
@@ -436,7 +436,7 @@ def select_samples(args, task: str, classes: list | None = None) -> Selection:
         problems = []
     train_all = limit_per_class(train_all, args.max_per_class)
     test = limit_per_class(test, args.max_per_class)
-    keep, held = stratified_split(train_all.targets, args.val_split, args.seed, ordered=task == "exact-age")
+    keep, held = stratified_split(train_all.targets, args.val_split, split_seed(args), ordered=task == "exact-age")
     return Selection(train_all.classes, train_all.subset(keep), train_all.subset(held) if held else None,
                      test, problems)
 

@@ -220,7 +220,7 @@ def chip_selection(sel: ds.Selection, spec: faces.ChipSpec, args, out: Path, env
 
 def sampled_framing(paths: list, args, log) -> faces.Geometry | None:
     """--face-chips off: the framing of a seeded sample of --framing-sample training images."""
-    sample = random.Random(args.seed).sample(list(paths), min(args.framing_sample, len(paths)))
+    sample = random.Random(ds.split_seed(args)).sample(list(paths), min(args.framing_sample, len(paths)))
     if not sample:
         return None
     try:

@@ -169,6 +169,9 @@ def add_run_args(p) -> None:
                    help="stratified share of train held out to pick the best model; 0 validates on test "
                         "(the original's behaviour)")
     p.add_argument("--seed", type=int, default=0, help="random seed (a seeded CPU run is reproducible)")
+    p.add_argument("--split-seed", type=int, default=None,
+                   help="seed of the validation split and of random test splits (default: --seed); runs that "
+                        "differ in --seed only but share it hold out the same images (members of one ensemble.py)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N")
     p.add_argument("--workers", type=int, default=None, help="decode workers (default: the CPU cores, at most 8)")
     p.add_argument("--threads", type=int, default=None,

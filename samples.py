@@ -72,6 +72,11 @@ def scan_image_folder(root: str | os.PathLike, classes: Sequence[str] | None = N
     return SampleSet(paths, targets, list(classes), str(root))
 
 
+def split_seed(args) -> int:
+    """The seed of a run's data splits: --split-seed, or --seed when it is not given (older checkpoints)."""
+    return args.seed if getattr(args, "split_seed", None) is None else args.split_seed
+
+
 def stratified_split(targets: Sequence[int], fraction: float, seed: int, ordered: bool = False,
                      flag: str = "--val-split") -> tuple[list, list]:
     """Seeded stratified split -> (keep, held_out) index lists, both sorted.

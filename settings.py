@@ -54,7 +54,7 @@ MODEL_KEYS = ("task", "arch", "dropout", "resize", "crop", "loss", "ce_mode", "m
 # the run's training recipe: resume takes it from the checkpoint
 TRAINING_KEYS = ("recipe", "optimizer", "lr", "lr_step", "lr_gamma", "weight_decay", "schedule", "batch_size",
                  "mixup", "aug", "ema_epochs", "label_smoothing", "imp_weight", "val_split", "bias_init",
-                 "init_from", "seed", "max_per_class", "gender_weight", "age_weight", "pretrained")
+                 "init_from", "seed", "split_seed", "max_per_class", "gender_weight", "age_weight", "pretrained")
 # taken from the checkpoint unless given: where the data is, and (on resume) the run's length and rhythm
 DATA_KEYS = ("dataset", "data_dir", "train_csv", "test_csv", "image_dir", "path_column", "age_column",
              "csv_age_offset", "random_split", "source")
@@ -127,8 +127,8 @@ def adopt_checkpoint(args, ckpt: dict, path: Path, given: set[str]) -> str:
             raise DatasetError(f"{path} was trained with {flag} {ran[key]}, but this run asks for {value}: "
                                f"drop {flag} ({'evaluation' if args.test_only else 'resume'} takes it from the "
                                f"checkpoint)")
-    # evaluation keeps the run's seed and --val-split: --eval-split val draws the same validation split again
-    defaults = DATA_KEYS + (("seed", "max_per_class", "val_split", "tta") if args.test_only
+    # evaluation keeps the run's seeds and --val-split: --eval-split val draws the same validation split again
+    defaults = DATA_KEYS + (("seed", "split_seed", "max_per_class", "val_split", "tta") if args.test_only
                             else TRAINING_KEYS + RHYTHM_KEYS)
     for key in fixed + defaults:
         if key != "task" and key not in given and ran.get(key) is not None:

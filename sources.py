@@ -26,7 +26,7 @@ from pathlib import Path
 import age_groups
 from images import BadImageError, file_digest
 from samples import (DatasetError, SampleSet, ages_from_csv, ages_from_names, parse_imdb_wiki_name,
-                     parse_utkface_gender, scan_image_folder, stratified_split)
+                     parse_utkface_gender, scan_image_folder, split_seed, stratified_split)
 from tasks import MISSING
 
 KINDS = ("utkface", "gender", "age-groups")
@@ -176,6 +176,6 @@ def select(args, log=print, test_only: bool = False):
     train_all = drop_test_copies(to_samples(trains, lo, hi, classes, "train"),
                                  test, log)
     keys = {key: i for i, key in enumerate(sorted(set(map(stratum, train_all.targets))))}
-    keep, held = stratified_split([keys[stratum(t)] for t in train_all.targets], args.val_split, args.seed)
+    keep, held = stratified_split([keys[stratum(t)] for t in train_all.targets], args.val_split, split_seed(args))
     val = train_all.subset(held) if held else None
     return train_all.subset(keep), val, test, classes, names, problems
