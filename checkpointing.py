@@ -172,6 +172,16 @@ def expect(ckpt: dict, path, task: str | None = None, arch: str | None = None,
                               f"{list(classes)}: use a matching checkpoint or data folder")
 
 
+def check_trainable(ckpt: dict, path, what: str) -> None:
+    """Raise CheckpointError for an ensemble (ensemble.py): it evaluates and predicts, but holds no
+    one network that a run could continue (``what``: "resumed") or start from."""
+    model_args = ckpt.get("model_args")
+    members = model_args.get("members", 1) if isinstance(model_args, dict) else 1
+    if members != 1:
+        raise CheckpointError(f"{path} is an ensemble of {members} networks (ensemble.py): it evaluates and "
+                              f"predicts, but cannot be {what}; use one of its members' checkpoints")
+
+
 def transfer_weights(model: torch.nn.Module, ckpt: dict, path, arch: str, classes: list,
                      head_names: set[str]) -> list[str]:
     """Start ``model`` from another run's weights (fine-tuning), in place.
@@ -183,6 +193,7 @@ def transfer_weights(model: torch.nn.Module, ckpt: dict, path, arch: str, classe
     than a fresh one. Raises CheckpointError for another architecture.
     Returns the names that keep the model's own initialisation.
     """
+    check_trainable(ckpt, path, "a start for --init-from")
     if ckpt["model_args"].get("arch") != arch:
         raise CheckpointError(f"--init-from {path} holds architecture '{ckpt['model_args'].get('arch')}', "
                               f"not '{arch}': start from a checkpoint of the same network")

@@ -119,6 +119,25 @@ class GenderAgeHead(nn.Module):
         return torch.cat([self.gender(x), self.age(x)], dim=1)
 
 
+class Ensemble(nn.Module):
+    """Networks of one design trained apart (``ensemble.py``), answering as one: the mean of their outputs.
+
+    (N, 3, H, W) -> each member (N, outputs) -> stacked (M, N, outputs) -> mean (N, outputs).
+    The logits are averaged (for a softmax or an ordinal head's sigmoids, the geometric-mean
+    ensemble), so the ensemble keeps one output tensor of the members' layout and evaluation,
+    test-time augmentation, export and predict.py treat it as one network.
+    """
+
+    def __init__(self, members: list[nn.Module]):
+        super().__init__()
+        if len(members) < 2:
+            raise ValueError(f"an ensemble needs 2 or more members, got {len(members)}")
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([member(x) for member in self.members]).mean(0)
+
+
 ARCHITECTURES = ("levi_hassner", "resnet18", "resnet34")
 
 
@@ -151,7 +170,8 @@ def default_input_geometry(arch: str) -> tuple[int, int]:
 
 
 def build_model(arch: str, num_outputs: int, dropout: float = 0.5,
-                head: str = "linear", num_ranks: int | None = None, genders: int = 0) -> nn.Module:
+                head: str = "linear", num_ranks: int | None = None, genders: int = 0,
+                members: int = 1) -> nn.Module:
     """Rebuild a network from the ``model_args`` a checkpoint stores.
 
     arch: one of ARCHITECTURES.
@@ -160,7 +180,12 @@ def build_model(arch: str, num_outputs: int, dropout: float = 0.5,
       in which case ``num_ranks`` (K) sets the head's size.
     genders: with an ordinal head, also a gender head of this many logits
       (``GenderAgeHead``; num_outputs = genders + the age head's size).
+    members: 2 or more: an ``Ensemble`` of that many such networks (``ensemble.py``).
     """
+    if members < 1:
+        raise ValueError(f"members must be 1 or more, got {members}")
+    if members > 1:
+        return Ensemble([build_model(arch, num_outputs, dropout, head, num_ranks, genders) for _ in range(members)])
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {arch!r}; choose from {', '.join(ARCHITECTURES)}")
     if head != "linear":

@@ -27,6 +27,7 @@ TASKS = ("gender", "age", "exact-age", "age-gender")
 AGE_TASKS = ("exact-age", "age-gender")  # tasks with an ordinal age head
 SIDE_RANGE = (8, 1024)  # preprocess resize and crop, in pixels
 MAX_OUTPUTS = 10_000  # classes or ranks
+MAX_MEMBERS = 16  # networks of an ensemble (ensemble.py); each costs one network's time per image
 
 
 class _Checker:
@@ -149,6 +150,7 @@ def check_metadata(info: dict, path) -> dict:
     model_args = info.get("model_args")
     if not isinstance(model_args, dict):
         raise check.fail("no 'model_args'")
+    check.integer(model_args.get("members", 1), "model_args members", 1, MAX_MEMBERS)
     preset = check.preprocess(info.get("preprocess"))
     chips = check.chips(info.get("chips"), preset)
     ordinal = check.ordinal(info.get("ordinal"), model_args, task) if task in AGE_TASKS else None

@@ -14,7 +14,7 @@ import argparse
 import math
 from pathlib import Path
 
-from checkpointing import CheckpointError, load_checkpoint
+from checkpointing import CheckpointError, check_trainable, load_checkpoint
 from samples import DatasetError
 from trainer import latest_checkpoint
 
@@ -172,8 +172,11 @@ def resolve(args, given: set[str]) -> tuple[str, Path, Path | None]:
     source = None
     if args.test_only or args.resume:
         source = checkpoint_to_use(args, out)
+        ckpt = load_checkpoint(source)
+        if not args.test_only:
+            check_trainable(ckpt, source, "resumed")
         try:
-            name = adopt_checkpoint(args, load_checkpoint(source), source, given)
+            name = adopt_checkpoint(args, ckpt, source, given)
         except (KeyError, TypeError, ValueError):
             raise CheckpointError(f"{source} does not say how it was trained (task, model_args, preprocess): "
                                   f"it cannot be evaluated or resumed") from None

@@ -42,7 +42,7 @@ def import_closure(module: str) -> set[str]:
 
 
 def test_prediction_and_export_import_no_training_code():
-    for module in ("predict", "export", "predictor", "inference", "prediction_output", "bench_predict"):
+    for module in ("predict", "export", "ensemble", "predictor", "inference", "prediction_output", "bench_predict"):
         assert not import_closure(module) & TRAINING, (module, sorted(import_closure(module) & TRAINING))
 
 
@@ -60,7 +60,7 @@ def test_pyproject_lists_every_module():
     assert set(config["tool"]["setuptools"]["py-modules"]) == top_level_modules()
     scripts = config["project"]["scripts"]
     assert scripts == {"gac-train": "gender_age_classifier:cli", "gac-predict": "predict:cli",
-                       "gac-export": "export:cli"}
+                       "gac-export": "export:cli", "gac-ensemble": "ensemble:cli"}
 
 
 def test_pip_install_gives_the_console_commands(tmp_path):
@@ -83,7 +83,8 @@ def test_pip_install_gives_the_console_commands(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    for command, words in (("gac-train", "--epochs"), ("gac-predict", "--checkpoint"), ("gac-export", "onnx")):
+    for command, words in (("gac-train", "--epochs"), ("gac-predict", "--checkpoint"), ("gac-export", "onnx"),
+                           ("gac-ensemble", "members")):
         r = subprocess.run([str(venv / "bin" / command), "--help"], capture_output=True, text=True, cwd=elsewhere,
                            env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
         assert r.returncode == 0 and words in r.stdout, (command, r.stderr[-1000:])
