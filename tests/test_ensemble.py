@@ -88,3 +88,24 @@ def test_misuse_is_a_one_line_error_and_writes_nothing(members, capsys):
     assert gac.cli(["--task", "age-gender", *src, "--init-from", str(done), "--checkpoint-dir",
                     str(root / "init"), "-ep", "1", *LIGHT]) == 2
     assert "cannot be a start for --init-from" in capsys.readouterr().err
+
+
+def test_bench_general_compares_the_ensemble_of_its_members_with_their_time_summed(members, tmp_path, capsys):
+    import shutil
+
+    import bench_general as bg
+    _, _, m = members
+    run = tmp_path / "bench"
+    args = bg.get_args_parser().parse_args(["--skip-train", "--members", "2", "--no-peer", "--no-tta",
+                                            "--run-dir", str(run)])
+    shutil.copytree(m["a"].parent, run / "member-0")
+    assert bg.main(args) == 2  # member-1 is missing: one line, nothing written
+    assert "member-1" in capsys.readouterr().err and not (run / "model_best.tar").exists()
+    shutil.copytree(m["b"].parent, run / "member-1")
+    assert bg.main(args) == 0
+    result = json.loads((run / "bench_general.json").read_text())
+    assert result["members"] == 2 and load_checkpoint(run / "model_best.tar")["model_args"]["members"] == 2
+    own = [json.loads((run / f"member-{i}" / "test_results.json").read_text())["timing"] for i in (0, 1)]
+    assert result["timing"]["chips_s"] == pytest.approx(own[0]["chips_s"] + own[1]["chips_s"])
+    assert result["timing"]["total_s"] > own[0]["total_s"] + own[1]["total_s"]  # and the ensemble's own test
+    assert result["ours"]["utk_gender"]["n"] == 4  # the ensemble's test predictions, in RUN_DIR
