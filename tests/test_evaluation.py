@@ -245,6 +245,17 @@ def test_bf16_needs_an_ampere_gpu(monkeypatch):
     assert runtime.bf16_is_fast(torch.device("cuda", 0))
 
 
+@pytest.mark.parametrize("vendor,flags,fast", [
+    ("GenuineIntel", "fpu avx512f avx512_bf16 amx_bf16 amx_tile", True),  # AMX
+    ("AuthenticAMD", "fpu avx512f avx512_bf16", True),
+    ("GenuineIntel", "fpu avx512f avx512_bf16", False),  # measured 0.68-0.78x of fp32 here
+    ("GenuineIntel", "fpu avx2", False), ("AuthenticAMD", "fpu avx2", False)])
+def test_cpu_bf16_where_it_was_measured_faster(vendor, flags, fast):
+    import runtime
+    cpuinfo = f"processor\t: 0\nvendor_id\t: {vendor}\nmodel name\t: X\nflags\t\t: {flags}\n\nprocessor\t: 1\n"
+    assert runtime.cpu_bf16_is_fast(cpuinfo) is fast
+
+
 def test_each_cuda_process_binds_its_gpu_and_reduces_cpu_tensors_over_gloo(monkeypatch):
     import runtime
     calls = {}
