@@ -61,9 +61,9 @@ def bf16_is_fast(device: torch.device) -> bool:
 def cpu_bf16_is_fast(cpuinfo: str) -> bool:
     """bf16 on a CPU (``/proc/cpuinfo``'s text): AMX, or AVX512-BF16 on an AMD CPU. Measured
     (docs/benchmarks.md): a Levi-Hassner training step 37 -> 88 img/s with bf16 on a 2-core AMX
-    Xeon; ResNet-18 faster in bf16 on a 2-core AMD EPYC with AVX512-BF16; but on a 2-core Intel
-    Xeon with AVX512-BF16 and no AMX bf16 was slower, 0.68x (Levi-Hassner) and 0.78x (the
-    age-gender ResNet-18 at 96 px) of fp32."""
+    Xeon; on a 2-core Intel Xeon with AVX512-BF16 and no AMX bf16 was slower, 0.68x
+    (Levi-Hassner) and 0.78x (the age-gender ResNet-18 at 96 px) of fp32. An AMD CPU keeps
+    bf16 as the AMD EPYC of the benchmarks ran it (fp32 not timed there)."""
     first = lambda key: next((line for line in cpuinfo.splitlines() if line.startswith(key)), "")
     flags = set(first("flags").partition(":")[2].split())
     return "amx_bf16" in flags or ("avx512_bf16" in flags and "AuthenticAMD" in first("vendor_id"))
