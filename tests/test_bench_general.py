@@ -127,6 +127,18 @@ def test_refuses_to_train_over_an_existing_run(tmp_path, capsys, monkeypatch):
                             "--checkpoint-dir", str(run_dir), "--no-progress", "--overwrite", "--epochs", "2"]
 
 
+def test_members_train_with_their_own_seeds_on_one_split(tmp_path, capsys, monkeypatch):
+    calls = []
+    monkeypatch.setattr(bg.subprocess, "run", lambda cmd, **k: calls.append(cmd) or type("P", (), {"returncode": 0}))
+    args = bg.get_args_parser().parse_args(["--run-dir", str(tmp_path), "--members", "2", "--train-args", "-ep 2"])
+    assert bg.train_members(tmp_path, args) >= 0
+    assert [c[c.index("--checkpoint-dir") + 1:] for c in calls] == [
+        [str(tmp_path / f"member-{i}"), "--no-progress", "--seed", str(i), "--split-seed", "0", "-ep", "2"]
+        for i in (0, 1)]
+    assert run_main(["--run-dir", str(tmp_path), "--members", "0"]) == 2  # one line, nothing run
+    assert "--members must be 1 or more" in capsys.readouterr().err and len(calls) == 2
+
+
 def test_tta_compares_the_over_sampled_evaluation_of_the_same_checkpoint(tmp_path, capsys, monkeypatch):
     run_dir = tmp_path / "run"
     write_run(run_dir, ROWS, {"chips_s": 600.0, "total_s": 4200.0})
