@@ -331,7 +331,8 @@ def main(args) -> int:
     # the budget covers the final tests: the over-sampled one too
     no_chips = None if total_s is None or chips_s is None else (total_s - chips_s + (tta_s or 0)) / 60
     result = {"kind": KIND, "run_dir": str(run_dir), "checkpoint": results.get("checkpoint"),
-              "epoch": results.get("epoch"), "members": args.members, "ours": ours, "peer": peer, "table": table_rows, "cpu": cpu,
+              "epoch": results.get("epoch"), "members": args.members, "ours": ours, "peer": peer,
+              "table": table_rows, "cpu": cpu,
               "tta": bool(args.tta), "timing": {"train_wall_s": wall, "total_s": total_s, "chips_s": chips_s,
                                                  "tta_s": tta_s,
                          "train_no_chips_min": None if no_chips is None else round(no_chips, 1)},

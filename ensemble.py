@@ -29,9 +29,8 @@ from pathlib import Path
 
 import torch
 
-from checkpointing import CheckpointError, atomic_torch_save
+from checkpointing import CheckpointError, atomic_torch_save, check_trainable
 from images import file_digest
-from models import build_model
 from prediction_models import check_metadata
 from predictor import Predictor
 from samples import split_seed
@@ -60,9 +59,7 @@ def check_members(paths: list[Path], ckpts: list[dict]) -> None:
     """CheckpointError unless every member is one network of the first's design, on its data split."""
     first, path0 = ckpts[0], paths[0]
     for path, ckpt in zip(paths, ckpts):
-        members = ckpt["model_args"].get("members", 1)
-        if members != 1:
-            raise CheckpointError(f"{path} is already an ensemble of {members} networks: list its members instead")
+        check_trainable(ckpt, path, "a member of another ensemble")
         differ = [k for k in SAME if _declared(ckpt, k) != _declared(first, k)]
         if differ:
             raise CheckpointError(f"{path} and {path0} differ in {', '.join(differ)}: an ensemble's members must "
@@ -91,7 +88,7 @@ def combine(paths: list[Path], ckpts: list[dict]) -> dict:
 
 
 def main(args) -> Path:
-    """Check the members, build the ensemble and check it in memory, then write it; its path."""
+    """Check the members and the ensemble's metadata, then write it; its path."""
     paths, out = [Path(m) for m in args.members], Path(args.output)
     if len(paths) < 2:
         raise CheckpointError("an ensemble needs two or more member checkpoints")
@@ -106,8 +103,7 @@ def main(args) -> Path:
     ckpts = [Predictor(p, torch.device("cpu")).ckpt for p in paths]
     check_members(paths, ckpts)
     ensemble = combine(paths, ckpts)
-    check_metadata(ensemble, out)
-    build_model(**ensemble["model_args"]).load_state_dict(ensemble["model_state"])  # strict: every weight fits
+    check_metadata(ensemble, out)  # the members loaded strictly, so their prefixed weights fit models.Ensemble
     atomic_torch_save(ensemble, out)
     return out
 

@@ -45,6 +45,7 @@ from checkpointing import atomic_write, load_checkpoint
 from images import BadImageError, decode_resized, file_digest, load_rgb
 from prediction_models import check_metadata
 from runtime import all_gather_objects, show_progress
+from samples import split_seed
 
 CHIP_VERSION = 1  # bump when chips come out differently for the same spec (the cache then starts afresh)
 NO_FACE_LIST = "no_face_images.csv"
@@ -220,7 +221,7 @@ def chip_selection(sel: ds.Selection, spec: faces.ChipSpec, args, out: Path, env
 
 def sampled_framing(paths: list, args, log) -> faces.Geometry | None:
     """--face-chips off: the framing of a seeded sample of --framing-sample training images."""
-    sample = random.Random(ds.split_seed(args)).sample(list(paths), min(args.framing_sample, len(paths)))
+    sample = random.Random(split_seed(args)).sample(list(paths), min(args.framing_sample, len(paths)))
     if not sample:
         return None
     try:

@@ -82,7 +82,7 @@ def test_misuse_is_a_one_line_error_and_writes_nothing(members, capsys):
     assert done.read_bytes() == before and load_checkpoint(m["b"])["model_args"].get("members") is None
     # an ensemble is not a member, and it cannot be resumed or fine-tuned
     assert ensemble.cli([str(m["a"]), str(done), "-o", str(wrong)]) == 2
-    assert "already an ensemble" in capsys.readouterr().err
+    assert "cannot be a member of another ensemble" in capsys.readouterr().err
     assert gac.cli(["--resume", str(done), "--checkpoint-dir", str(root / "resumed"), *src, "--no-progress"]) == 2
     assert "cannot be resumed" in capsys.readouterr().err
     assert gac.cli(["--task", "age-gender", *src, "--init-from", str(done), "--checkpoint-dir",
