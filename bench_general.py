@@ -4,6 +4,7 @@
     python bench_general.py --skip-train --run-dir DIR   # compare a finished run only
     python bench_general.py --train-args "--epochs 2"    # arguments added to the training command
     python bench_general.py --members 2 --run-dir DIR    # two networks (seeds 0, 1; one split), their ensemble
+    python bench_general.py --members 2 --run-dir DIR --resume   # the same, after an interruption
 
 Trains ``gender_age_classifier.py --task age-gender`` once (unless --skip-train), evaluates its
 model_best.tar again with the 10-view over-sampling (``--test-only --tta``, into RUN_DIR/tta;
@@ -13,7 +14,9 @@ Markdown table: our figures, the peer's and the issue's targets, with the CPU, i
 the run's time. With --members N it trains N networks into RUN_DIR/member-I (--seed I, all with
 --split-seed 0, so they hold out the same images), averages them with ensemble.py into
 RUN_DIR/model_best.tar, tests that there, and counts the members' training times and that test
-together against the budget.
+together against the budget. --resume continues an interrupted benchmark: a run (member) that
+finished is kept, one that was interrupted continues from its newest checkpoint (the trainer's
+--resume; its time before the interruption still counts against the budget).
 The whole result goes to --out as JSON.
 """
 from __future__ import annotations
@@ -84,6 +87,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-train", action="store_true", help="compare the run already in --run-dir (default: train)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace a run already in --run-dir (passed to the trainer; default: refuse)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted benchmark in --run-dir: keep each run (member) that finished, "
+                        "continue an interrupted one from its newest checkpoint, train the missing ones "
+                        "(default: refuse a folder that holds a run)")
     p.add_argument("--train-args", default="", help="extra training arguments, one shell-quoted string (default: none)")
     p.add_argument("--peer-venv", type=Path, default=bench_speed.DEFAULT_PEER_VENV,
                    help=f"the peer's virtualenv, made when missing (default: {bench_speed.DEFAULT_PEER_VENV})")
@@ -232,12 +239,18 @@ def run_classifier(args: list, what: str) -> float:
 def train(run_dir: Path, args, seeds: tuple = ()) -> float:
     """One training command (``seeds``: a member's --seed and --split-seed); its wall seconds.
     BenchError when it fails."""
+    command = ["--task", "age-gender", *PROTOCOL, "--checkpoint-dir", str(run_dir), "--no-progress",
+               *(["--overwrite"] if args.overwrite else []), *seeds, *shlex.split(args.train_args)]
+    if previous_run(run_dir) and args.resume:
+        if (run_dir / "test_results.json").is_file():  # trained and tested: its own timing counts
+            print(f"== {run_dir}: a finished run, kept (--resume)", flush=True)
+            return 0.0
+        # the same command: the trainer refuses flags that contradict the checkpoint's
+        return run_classifier([*command, "--resume"], "the resumed training")
     if previous_run(run_dir) and not args.overwrite:
-        raise BenchError(f"{run_dir} already holds a run: compare it with --skip-train, replace it with "
-                         f"--overwrite, or choose another --run-dir")
-    return run_classifier(["--task", "age-gender", *PROTOCOL, "--checkpoint-dir", str(run_dir), "--no-progress",
-                           *(["--overwrite"] if args.overwrite else []), *seeds, *shlex.split(args.train_args)],
-                          "training")
+        raise BenchError(f"{run_dir} already holds a run: compare it with --skip-train, continue it with --resume, "
+                         f"replace it with --overwrite, or choose another --run-dir")
+    return run_classifier(command, "training")
 
 
 def member_dirs(run_dir: Path, n: int) -> list[Path]:
@@ -287,7 +300,8 @@ def report(result: dict, text: str) -> None:
           "age rows (\"no face\" gives the count); ours predicts on every image")
     print(f"CPU: {cpu['model']} (AMX: {'yes' if cpu['amx'] else 'no'}, AVX512-BF16: "
           f"{'yes' if cpu['avx512_bf16'] else 'no'})")
-    wall = "not run here" if tm["train_wall_s"] is None else f"{tm['train_wall_s'] / 60:.1f} min"
+    wall = "not run here" if tm["train_wall_s"] is None else f"{tm['train_wall_s'] / 60:.1f} min" + \
+        (" (this command's part of the run, --resume)" if tm.get("resumed") else "")
     tta = "not run" if tm["tta_s"] is None else f"{tm['tta_s']:.0f} s"
     print(f"training command wall time: {wall}; run total_s {tm['total_s']}, chips_s {tm['chips_s']}; "
           f"over-sampled test (--tta): {tta}")
@@ -304,6 +318,8 @@ def main(args) -> int:
         check_out(out)
         if args.members < 1:
             raise BenchError(f"--members must be 1 or more, not {args.members}")
+        if args.resume and (args.skip_train or args.overwrite):
+            raise BenchError(f"--resume continues training: drop {'--skip-train' if args.skip_train else '--overwrite'}")
         wall = None if args.skip_train else (train_members if args.members > 1 else train)(run_dir, args)
         timing = evaluate_ensemble(run_dir, args) if args.members > 1 else None
         rows, results = read_run(run_dir)
@@ -333,7 +349,7 @@ def main(args) -> int:
     result = {"kind": KIND, "run_dir": str(run_dir), "checkpoint": results.get("checkpoint"),
               "epoch": results.get("epoch"), "members": args.members, "ours": ours, "peer": peer,
               "table": table_rows, "cpu": cpu,
-              "tta": bool(args.tta), "timing": {"train_wall_s": wall, "total_s": total_s, "chips_s": chips_s,
+              "tta": bool(args.tta), "timing": {"train_wall_s": wall, "resumed": args.resume, "total_s": total_s, "chips_s": chips_s,
                                                  "tta_s": tta_s,
                          "train_no_chips_min": None if no_chips is None else round(no_chips, 1)},
               "budget_met": None if no_chips is None else no_chips <= cpu["budget_min"],

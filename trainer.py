@@ -58,6 +58,7 @@ def make_checkpoint(model, optimizer, scheduler, state, history, ctx, args) -> d
         "args": plain_args(args),
         "metrics": history[-1] if history else {},
         "data": ctx.get("data_fingerprint"),  # resume refuses other data (run_folder.check_resume)
+        "timing": run_timing(ctx),  # the run's seconds so far: a resumed run's time counts them too
     }
     if ema is not None:
         ckpt["train_state"] = {k: v.detach().cpu() for k, v in raw.state_dict().items()}
@@ -70,6 +71,27 @@ def make_checkpoint(model, optimizer, scheduler, state, history, ctx, args) -> d
         ckpt.update(genders=list(names["genders"]), age_groups=list(names["age_groups"]),
                     sources=list(names["sources"]))
     return ckpt
+
+
+def run_timing(ctx) -> dict:
+    """The run's wall seconds so far (total_s) and those spent on face chips (chips_s), over every
+    process of the run: the ones that --resume continued count up to their last checkpoint (the
+    time a killed process spent after it is not counted; that work is done again)."""
+    t = ctx["timing"]
+    return {"total_s": t.get("before_total_s", 0.0) + time.perf_counter() - t["started"],
+            "chips_s": t.get("before_chips_s", 0.0) + t["chips_s"]}
+
+
+def restore_timing(ckpt: dict, path: Path, ctx) -> None:
+    """--resume: the checkpoint's run time (none before this was recorded: 0) is added to this process's."""
+    before = ckpt.get("timing") or {}
+    try:
+        total, chips = (float(before.get(k, 0.0)) for k in ("total_s", "chips_s"))
+    except (AttributeError, TypeError, ValueError):
+        raise CheckpointError(f"{path}: its timing is not seconds ({before!r})") from None
+    if not (0 <= chips <= total < float("inf")):
+        raise CheckpointError(f"{path}: its timing is not seconds ({before!r})")
+    ctx["timing"].update(before_total_s=total, before_chips_s=chips)
 
 
 def write_outputs(ckpt: dict, out: Path, ctx) -> None:
@@ -214,6 +236,7 @@ def resume(path: Path, model, optimizer, scheduler, state: dict, ctx, args, log)
     state["iter_losses"] = list(ckpt["iter_losses"])
     ctx["best"] = dict(ckpt["best"])
     restore_rank_state(ckpt, path, state, ctx)
+    restore_timing(ckpt, path, ctx)
     log(f"resumed from {path}: epoch {state['epoch'] + 1}, batch {state['next_batch']}")
     return list(ckpt["history"])
 
@@ -238,8 +261,7 @@ def test_best(model, test_data, best_path: Path, args, ctx, out: Path, log, spli
         summary.update({f"{split}_acc": result["acc"], f"{split}_n": result["n"], "confusion": result["confusion"]},
                        classes=ctx["label_names"]["genders"] if task.kind == "age-gender" else classes)
     if "timing" in ctx:  # bench_general.py: the run's time, and the part spent on face chips
-        summary["timing"] = {"chips_s": ctx["timing"]["chips_s"],
-                             "total_s": time.perf_counter() - ctx["timing"]["started"]}
+        summary["timing"] = run_timing(ctx)
     rows = [r for part in all_gather_objects(rows) for r in part]  # per-image rows of every shard
     if ctx["rank"] != 0:
         return summary

@@ -139,6 +139,28 @@ def test_members_train_with_their_own_seeds_on_one_split(tmp_path, capsys, monke
     assert "--members must be 1 or more" in capsys.readouterr().err and len(calls) == 2
 
 
+def test_resume_keeps_finished_members_and_continues_an_interrupted_one(tmp_path, capsys, monkeypatch):
+    calls = []
+    monkeypatch.setattr(bg.subprocess, "run", lambda cmd, **k: calls.append(cmd) or type("P", (), {"returncode": 0}))
+    write_run(tmp_path / "member-0", ROWS)  # trained and tested
+    (tmp_path / "member-1").mkdir()
+    (tmp_path / "member-1" / "checkpoint_last.tar").write_bytes(b"an interrupted run")
+    argv = ["--run-dir", str(tmp_path), "--members", "3", "--train-args", "-ep 2"]
+    with pytest.raises(bg.BenchError, match="continue it with --resume"):  # without --resume: refused, nothing run
+        bg.train_members(tmp_path, bg.get_args_parser().parse_args(argv))
+    assert not calls
+    assert bg.train_members(tmp_path, bg.get_args_parser().parse_args([*argv, "--resume"])) >= 0
+    assert [c[c.index("--checkpoint-dir") + 1:] for c in calls] == [
+        [str(tmp_path / "member-1"), "--no-progress", "--seed", "1", "--split-seed", "0", "-ep", "2", "--resume"],
+        [str(tmp_path / "member-2"), "--no-progress", "--seed", "2", "--split-seed", "0", "-ep", "2"]]
+    assert f"{tmp_path / 'member-0'}: a finished run, kept" in capsys.readouterr().out
+    for other in ("--skip-train", "--overwrite"):  # --resume trains: one line, exit 2, nothing run
+        assert run_main([*argv, "--resume", other, "--no-peer"]) == 2
+        err = capsys.readouterr().err
+        assert f"drop {other}" in err and len(err.strip().splitlines()) == 1
+    assert len(calls) == 2
+
+
 def test_tta_compares_the_over_sampled_evaluation_of_the_same_checkpoint(tmp_path, capsys, monkeypatch):
     run_dir = tmp_path / "run"
     write_run(run_dir, ROWS, {"chips_s": 600.0, "total_s": 4200.0})

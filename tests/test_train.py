@@ -181,6 +181,26 @@ def test_resume_equals_uninterrupted(tiny_data, tmp_path):
         assert torch.allclose(a["model_state"][k].float(), b["model_state"][k].float(), atol=1e-6), k
 
 
+def test_a_resumed_run_counts_the_time_of_the_processes_before_it(tiny_data, tmp_path, capsys):
+    out = tmp_path / "c"
+    common = ["--data-dir", tiny_data, "--checkpoint-dir", out, "--seed", "3"]
+    assert run([*common, "-ep", "1"]) == 0
+    ckpt = load_checkpoint(out / "checkpoint_last.tar")
+    first = ckpt["timing"]
+    assert 0 <= first["chips_s"] <= first["total_s"] < 600  # this process's seconds
+    # as if the first process had run for 1000 s, 300 of them on face chips
+    torch.save({**ckpt, "timing": {"total_s": 1000.0, "chips_s": 300.0}}, out / "checkpoint_last.tar")
+    assert run([*common, "-ep", "2", "--resume"]) == 0
+    timing = json.loads((out / "test_results.json").read_text())["timing"]  # what bench_general.py counts
+    assert 1000 < timing["total_s"] < 1600 and 300 <= timing["chips_s"] < 900
+    assert load_checkpoint(out / "checkpoint_last.tar")["timing"]["total_s"] > 1000  # and the next resume
+    torch.save({**ckpt, "timing": {"total_s": "a while"}}, out / "checkpoint_last.tar")
+    capsys.readouterr()
+    assert run([*common, "-ep", "3", "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "its timing is not seconds" in err and len(err.strip().splitlines()) == 1
+
+
 def test_test_only_reuses_the_evaluation(tiny_data, tmp_path, capsys):
     out = tmp_path / "c"
     assert run(["--data-dir", tiny_data, "--checkpoint-dir", out, "-ep", "1"]) == 0
