@@ -238,6 +238,7 @@ def run_classifier(args: list, what: str) -> float:
 
 def train(run_dir: Path, args, seeds: tuple = ()) -> float:
     """One training command (``seeds``: a member's --seed and --split-seed); its wall seconds.
+    With --resume a finished run is kept (0 s here) and an interrupted one continued.
     BenchError when it fails."""
     command = ["--task", "age-gender", *PROTOCOL, "--checkpoint-dir", str(run_dir), "--no-progress",
                *(["--overwrite"] if args.overwrite else []), *seeds, *shlex.split(args.train_args)]
@@ -319,7 +320,8 @@ def main(args) -> int:
         if args.members < 1:
             raise BenchError(f"--members must be 1 or more, not {args.members}")
         if args.resume and (args.skip_train or args.overwrite):
-            raise BenchError(f"--resume continues training: drop {'--skip-train' if args.skip_train else '--overwrite'}")
+            other = "--skip-train" if args.skip_train else "--overwrite"
+            raise BenchError(f"--resume continues training: drop {other}")
         wall = None if args.skip_train else (train_members if args.members > 1 else train)(run_dir, args)
         timing = evaluate_ensemble(run_dir, args) if args.members > 1 else None
         rows, results = read_run(run_dir)
@@ -349,8 +351,8 @@ def main(args) -> int:
     result = {"kind": KIND, "run_dir": str(run_dir), "checkpoint": results.get("checkpoint"),
               "epoch": results.get("epoch"), "members": args.members, "ours": ours, "peer": peer,
               "table": table_rows, "cpu": cpu,
-              "tta": bool(args.tta), "timing": {"train_wall_s": wall, "resumed": args.resume, "total_s": total_s, "chips_s": chips_s,
-                                                 "tta_s": tta_s,
+              "tta": bool(args.tta), "timing": {"train_wall_s": wall, "resumed": args.resume, "total_s": total_s,
+                                                 "chips_s": chips_s, "tta_s": tta_s,
                          "train_no_chips_min": None if no_chips is None else round(no_chips, 1)},
               "budget_met": None if no_chips is None else no_chips <= cpu["budget_min"],
               "peer_s": peer_s, "peer_images": None if peer is None else len(files)}

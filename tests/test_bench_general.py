@@ -159,6 +159,9 @@ def test_resume_keeps_finished_members_and_continues_an_interrupted_one(tmp_path
         err = capsys.readouterr().err
         assert f"drop {other}" in err and len(err.strip().splitlines()) == 1
     assert len(calls) == 2
+    # one run, finished: kept and compared, and the report says the wall time is this command's part only
+    assert run_main(["--run-dir", str(tmp_path / "member-0"), "--resume", "--no-peer", "--no-tta"]) == 0
+    assert "0.0 min (this command's part of the run, --resume)" in capsys.readouterr().out and len(calls) == 2
 
 
 def test_tta_compares_the_over_sampled_evaluation_of_the_same_checkpoint(tmp_path, capsys, monkeypatch):
