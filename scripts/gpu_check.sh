@@ -141,7 +141,7 @@ step predict "$PY" predict.py "${media[@]}" --amp --gender-checkpoint "$work/gen
   --exact-age-checkpoint "$work/exact/model_best.tar"
 rate[predict]=$("${helper[@]}" predict-rate "$work/logs/predict.out" "${seconds[predict]}" $media_faces)
 
-step export "$PY" export.py "$work/gender/model_best.tar" -o "$work/gender.onnx"
+step export "$PY" -m gender_age.tools.export "$work/gender/model_best.tar" -o "$work/gender.onnx"
 rate[export]="$(tail -n 1 "$work/logs/export.out")"
 
 step predict-onnx "$PY" predict.py "${media[@]}" --onnx "$work/gender.onnx"
@@ -162,7 +162,7 @@ expect age-gender-predict '"age_group"'
 rate[age-gender-predict]=$("${helper[@]}" predict-rate "$work/logs/age-gender-predict.out" \
   "${seconds[age-gender-predict]}" $media_faces)
 
-step age-gender-export "$PY" export.py "$work/dual/model_best.tar" -o "$work/dual.onnx"
+step age-gender-export "$PY" -m gender_age.tools.export "$work/dual/model_best.tar" -o "$work/dual.onnx"
 rate[age-gender-export]="$(tail -n 1 "$work/logs/age-gender-export.out")"
 
 # compute-only rates, one process for all: the same networks, devices and precisions as the steps

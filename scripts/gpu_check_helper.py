@@ -35,8 +35,8 @@ def make_data(out: Path, per_class: int) -> None:
     """A gender ImageFolder tree and a UTKFace-like folder (ages and genders in the file names, a
     CORAL-style test CSV), from face-free generated pictures: enough for every step to run, not to
     learn anything."""
-    import faces
-    from sources import UTKFACE_TEST_OFFSET
+    from tests import synthetic
+    from gender_age.data.sources import UTKFACE_TEST_OFFSET
     seed = 0
     for split, n in (("train", per_class), ("test", max(2, per_class // 4))):
         for cls in ("female", "male"):
@@ -44,7 +44,7 @@ def make_data(out: Path, per_class: int) -> None:
             folder.mkdir(parents=True)
             for i in range(n):
                 seed += 1
-                faces.background((64, 64), seed).save(folder / f"{i}.jpg")
+                synthetic.background((64, 64), seed).save(folder / f"{i}.jpg")
     folder = out / "utkface" / "UTKFace"
     folder.mkdir(parents=True)
     test_rows = []
@@ -52,7 +52,7 @@ def make_data(out: Path, per_class: int) -> None:
         seed += 1
         age = 21 + (i % 8) * 5  # 8 ages, each several times, for the stratified random split
         name = f"{age}_{i % 2}_0_20170101{i:06d}.jpg.chip.jpg"
-        faces.background((64, 64), seed).save(folder / name)
+        synthetic.background((64, 64), seed).save(folder / name)
         if i % 8 in (2, 7):  # a quarter, both genders: the test split of --source utkface (CORAL CSV ages)
             test_rows.append([len(test_rows), name, age - UTKFACE_TEST_OFFSET])
     with open(out / "utkface" / "utk_test.csv", "w", newline="") as f:
@@ -61,20 +61,21 @@ def make_data(out: Path, per_class: int) -> None:
 
 def make_media(crop_path: Path, out: Path, frames: int = 16) -> None:
     """A 640x480 photo with the crop pasted at 200 px, and a 480x360 video with it moving across."""
-    import faces
-    from checkpointing import atomic_write
-    from images import load_rgb
+    from gender_age.faces import videos
+    from tests import synthetic
+    from gender_age.core.checkpointing import atomic_write
+    from gender_age.core.images import load_rgb
     crop = load_rgb(crop_path)
-    photo, _ = faces.paste_crops(faces.background((640, 480), 1), [crop], [(300, 120, 200)])
+    photo, _ = synthetic.paste_crops(synthetic.background((640, 480), 1), [crop], [(300, 120, 200)])
     with atomic_write(out / "photo.jpg") as f:
         photo.save(f, format="JPEG", quality=92)
     clip = out / "clip.mp4"
-    writer = faces.VideoWriter(clip, 8.0, (480, 360))
+    writer = videos.VideoWriter(clip, 8.0, (480, 360))
     try:
-        canvas = faces.background((480, 360), 2)
+        canvas = synthetic.background((480, 360), 2)
         for i in range(frames):
             x = 20 + round(i * (480 - 160 - 40) / max(frames - 1, 1))
-            writer.write(faces.paste_crops(canvas, [crop], [(x, 100, 160)])[0])
+            writer.write(synthetic.paste_crops(canvas, [crop], [(x, 100, 160)])[0])
     finally:
         writer.close()
     if not clip.is_file() or clip.stat().st_size == 0:
@@ -83,7 +84,7 @@ def make_media(crop_path: Path, out: Path, frames: int = 16) -> None:
 
 def first_image(data_dir: Path) -> Path:
     """The first test image of an ImageFolder tree (the face pasted into the photo and video)."""
-    from images import list_images
+    from gender_age.core.images import list_images
     found = sorted(list_images(data_dir / "test"))
     if not found:
         raise SystemExit(f"error: no test image under {data_dir / 'test'}")
@@ -115,8 +116,8 @@ def predict_rate(path: Path, seconds: float, need_faces: bool) -> str:
 def compute_only(checkpoint: Path, device: str, amp: bool, infer: bool, batch: int, steps: int) -> str:
     """Training (or inference) steps of the checkpoint's network on synthetic batches: images/s."""
     import torch
-    from checkpointing import load_checkpoint
-    from models import build_model
+    from gender_age.core.checkpointing import load_checkpoint
+    from gender_age.nets.models import build_model
     ckpt = load_checkpoint(checkpoint)
     dev = torch.device(device)
     model = build_model(**ckpt["model_args"]).to(dev).to(memory_format=torch.channels_last).train(not infer)

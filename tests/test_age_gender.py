@@ -12,16 +12,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import age_groups
-import gender_age_classifier as gac
-import losses
-import pretrained
-import sources
-from checkpointing import CheckpointError, load_checkpoint
+from gender_age.data import age_groups
+from gender_age.train import cli as gac
+from gender_age.train import losses
+from gender_age.train import pretrained
+from gender_age.data import sources
+from gender_age.core.checkpointing import CheckpointError, load_checkpoint
 from conftest import make_image
-from models import build_model
-from samples import DatasetError
-from tasks import MISSING, AgeGenderTask, OrdinalTask
+from gender_age.nets.models import build_model
+from gender_age.data.samples import DatasetError
+from gender_age.data.samples import MISSING
+from gender_age.train.tasks import AgeGenderTask, OrdinalTask
 
 LIGHT = ["--arch", "resnet18", "--resize", "40", "--crop", "32", "--no-progress", "--workers", "0", "-b", "8",
          "--face-chips", "off", "--framing-sample", "0"]
@@ -271,7 +272,7 @@ def test_age_gender_recipe_defaults(argv, key, value):
     """Age-gender trains with the strong augmentation and gender weight 8 (better on its validation) and aligned
     chips with 0.05 of the template around the face (UTKFace's tight crops); the other tasks with the original's
     augmentation and 0.25; a given flag wins."""
-    import settings
+    from gender_age.train import config as settings
     args = gac.get_args_parser().parse_args(argv)
     settings.resolve_defaults(args, settings.task_name(args))
     assert getattr(args, key) == value

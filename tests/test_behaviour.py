@@ -21,18 +21,20 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-import datasets as ds
-import engine
-import faces
-import gender_age_classifier as gac
-import images
-import inference
-import predict
-import trainer
-from checkpointing import load_checkpoint
+from gender_age.data import loading
+from gender_age.data import selection
+from gender_age.data import transforms
+from gender_age.train import engine
+from gender_age.faces import geometry as faces
+from gender_age.train import cli as gac
+from gender_age.core import images
+from gender_age.predict import units as inference
+from gender_age.predict import cli as predict
+from gender_age.train import trainer
+from gender_age.core.checkpointing import load_checkpoint
 from conftest import make_folder_dataset
-from models import build_model
-from tasks import ClassificationTask, OrdinalTask
+from gender_age.nets.models import build_model
+from gender_age.train.tasks import ClassificationTask, OrdinalTask
 
 # a small ResNet at 32x32, fp32, evaluated and saved every 3 epochs; nothing else set,
 # so the learning rate, its schedule, the optimizer, dropout, the validation share
@@ -47,7 +49,7 @@ EPOCHS = 6
 def checkpoint_logits(ckpt: dict, batch: torch.Tensor, state: str = "model_state", amp: bool = False) -> torch.Tensor:
     """uint8 (N,3,R,R) -> float logits of a checkpoint's weights (``state``) on the centre crop,
     by a plain eval-mode forward pass (channels_last and bf16 as the toolkit runs it)."""
-    preset = ds.Preset.from_dict(ckpt["preprocess"])
+    preset = transforms.Preset.from_dict(ckpt["preprocess"])
     model = build_model(**ckpt["model_args"])
     model.load_state_dict(ckpt[state])
     model.eval().to(memory_format=torch.channels_last)
@@ -89,14 +91,14 @@ def trained(tmp_path_factory):
     data = make_folder_dataset(root / "d", n_train=10, n_test=4)
     out = root / "run"
     aug_calls = []
-    real = ds.Preset.train_batch
+    real = transforms.Preset.train_batch
 
     def spy(self, batch, generator=None):
         aug_calls.append(generator)
         return real(self, batch, generator)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(ds.Preset, "train_batch", spy)
+        mp.setattr(transforms.Preset, "train_batch", spy)
         assert gac.cli([*ARGS, "--data-dir", str(data), "--checkpoint-dir", str(out), "-ep", str(EPOCHS)]) == 0
     return SimpleNamespace(data=data, out=out, aug_calls=aug_calls)
 
@@ -104,7 +106,7 @@ def trained(tmp_path_factory):
 def split_samples(trained, split: str):
     """The run's validation or test samples, selected from the arguments it stored."""
     args = Namespace(**load_checkpoint(trained.out / "model_best.tar")["args"])
-    return getattr(ds.select_samples(args, "gender"), split)
+    return getattr(selection.select_samples(args, "gender"), split)
 
 
 def test_validation_is_the_held_out_split_evaluated_with_the_averaged_weights(trained):
@@ -143,12 +145,12 @@ def test_evaluate_switches_dropout_and_batchnorm_to_eval_mode():
     x = torch.randint(0, 256, (6, 3, 10, 10), dtype=torch.uint8)
     y = torch.tensor([0, 1, 0, 1, 1, 0])
     ctx = {"device": torch.device("cpu"), "task": ClassificationTask(["a", "b"]), "rank": 0, "world": 1,
-           "workers": 0, "preset": ds.Preset(10, 8), "channels_last": False, "num_outputs": 2}
+           "workers": 0, "preset": transforms.Preset(10, 8), "channels_last": False, "num_outputs": 2}
     args = Namespace(batch_size=4, tta=False, amp=False)
     data = torch.utils.data.TensorDataset(x, y)
     first, second = (engine.evaluate(model, data, args, ctx) for _ in range(2))
     with torch.no_grad():
-        logits = model.eval()(ds.Preset(10, 8).eval_batch(x))
+        logits = model.eval()(transforms.Preset(10, 8).eval_batch(x))
     assert first["loss"] == second["loss"] == pytest.approx(F.cross_entropy(logits, y).item(), abs=1e-6)
     assert first["acc"] == pytest.approx((logits.argmax(1) == y).float().mean().item())
 
@@ -247,12 +249,12 @@ def test_model_best_is_the_best_validation_epoch_not_the_last(tmp_path, monkeypa
 def test_every_rank_gets_its_own_shard_of_the_epoch(n, world):
     pad = (-n) % world
     for epoch in (0, 1):
-        shards = [ds.epoch_order(n, 3, epoch, rank, world) for rank in range(world)]
+        shards = [loading.epoch_order(n, 3, epoch, rank, world) for rank in range(world)]
         assert len({len(s) for s in shards}) == 1  # the same number of steps on every rank
         seen = Counter(i for s in shards for i in s)
         assert set(seen) == set(range(n))  # every image trained on
         assert sum(seen.values()) == n + pad and sum(c - 1 for c in seen.values()) == pad  # once, but the padding
-    assert ds.epoch_order(n, 3, 0, 0, 1) != ds.epoch_order(n, 3, 1, 0, 1)  # a new permutation each epoch
+    assert loading.epoch_order(n, 3, 0, 0, 1) != loading.epoch_order(n, 3, 1, 0, 1)  # a new permutation each epoch
 
 
 # ---- test-time augmentation ----------------------------------------------------------------
@@ -260,7 +262,7 @@ def test_every_rank_gets_its_own_shard_of_the_epoch(n, world):
 def test_tta_evaluation_averages_the_ten_views():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, 3)).eval()
-    preset = ds.Preset(12, 8)
+    preset = transforms.Preset(12, 8)
     x = torch.randint(0, 256, (5, 3, 12, 12), dtype=torch.uint8)
     with torch.no_grad():
         per_view = torch.stack([model(v) for v in preset.tta_batch(x)])  # (10, N, 3)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-import bench_general as bg
+from benchmarks import bench_general as bg
 
 HEADER = ["file", "source", "true_gender", "gender", "p_gender", "true_age", "age", "true_group", "age_group"]
 

@@ -23,17 +23,22 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-import datasets as ds
-import face_chips
-import faces
-import gender_age_classifier as gac
-import images
-import inference
-import predict
-import prediction_models
-import predictor
-from bench_predict import untrained_checkpoint
-from checkpointing import CheckpointError, atomic_torch_save, load_checkpoint
+from gender_age.data import selection
+from gender_age.data import transforms
+from gender_age.train import chip_cache as face_chips
+from gender_age.faces import alignment
+from gender_age.faces import detectors
+from gender_age.faces import geometry
+import synthetic
+from gender_age.train import cli as gac
+from gender_age.core import images
+from gender_age.predict import units as inference
+from gender_age.predict import cli as predict
+from gender_age.nets import metadata
+from gender_age.predict import onnx_backend
+from gender_age.predict import torch_backend as predictor
+from benchmarks.bench_predict import untrained_checkpoint
+from gender_age.core.checkpointing import CheckpointError, atomic_torch_save, load_checkpoint
 from test_faces import one_thread  # noqa: F401  (autouse: one torch thread)
 
 DOTS = ((255, 0, 0), (0, 0, 255), (0, 255, 0), (255, 0, 255), (0, 255, 255))  # eyes, nose, mouth corners
@@ -56,14 +61,14 @@ def draw_face(cls: int, seed: int, face: int, angle: float = 0.0, pad: float = 0
         line = (x0, x0 + k, x0 + face, x0 + k + 1) if cls == 0 else (x0 + k, x0, x0 + k + 1, x0 + face)
         draw.rectangle(line, fill=(60, 60, 60))
     r = max(2.0, face / 28)
-    for (u, v), colour in zip(faces.TEMPLATE, DOTS):
+    for (u, v), colour in zip(alignment.TEMPLATE, DOTS):
         draw.ellipse((x0 + u * face - r, x0 + v * face - r, x0 + u * face + r, x0 + v * face + r), fill=colour)
     return img.rotate(angle, resample=Image.BICUBIC, fillcolor=(115, 115, 115)) if angle else img
 
 
 def backdrop(size: tuple, seed: int) -> Image.Image:
     """faces.background toned down, so that no part of it passes for a landmark dot."""
-    return Image.fromarray((np.asarray(faces.background(size, seed)) * 0.4 + 80).astype(np.uint8))
+    return Image.fromarray((np.asarray(synthetic.background(size, seed)) * 0.4 + 80).astype(np.uint8))
 
 
 def dot_centres(rgb: np.ndarray, colour) -> list:
@@ -78,7 +83,7 @@ class DotDetector:
     """Finds drawn faces: each left-eye dot with the nearest dot of every other colour; the box
     is the bounding box of the face square the landmarks imply."""
     name = "mtcnn"
-    geometry = faces.GEOMETRY["mtcnn"]
+    geometry = geometry.GEOMETRY["mtcnn"]
 
     def detect(self, rgb: np.ndarray) -> list:
         found = []
@@ -87,18 +92,18 @@ class DotDetector:
             if not all(others):
                 break
             marks = [eye] + [min(o, key=lambda p: math.dist(p, eye)) for o in others]
-            m = faces.fit_similarity(faces.TEMPLATE, marks)
+            m = alignment.fit_similarity(alignment.TEMPLATE, marks)
             corners = m[:, :2] @ np.array([[0, 0], [1, 0], [0, 1], [1, 1]], dtype=float).T + m[:, 2:]
-            found.append(faces.Face((*corners.min(1), *corners.max(1)), 0.99, tuple(marks)))
+            found.append(geometry.Face((*corners.min(1), *corners.max(1)), 0.99, tuple(marks)))
         return found
 
 
 @pytest.fixture
 def dots(monkeypatch):
-    monkeypatch.setattr(faces, "make_detector", lambda name, device="cpu": DotDetector())
+    monkeypatch.setattr(detectors, "make_detector", lambda name, device="cpu": DotDetector())
 
 
-def template_error(chip: Image.Image, spec: faces.ChipSpec) -> float:
+def template_error(chip: Image.Image, spec: alignment.ChipSpec) -> float:
     """The largest distance (px) of a dot of the chip from its place on the template."""
     rgb = np.asarray(chip)
     found = [dot_centres(rgb, c) for c in DOTS]
@@ -113,12 +118,12 @@ def test_similarity_fit_recovers_a_known_transform():
     src = rng.uniform(0, 100, (5, 2))
     angle, scale, shift = math.radians(-27), 1.7, np.array([40.0, -12.0])
     rot = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
-    m = faces.fit_similarity(src, src @ (scale * rot).T + shift)
+    m = alignment.fit_similarity(src, src @ (scale * rot).T + shift)
     assert np.allclose(m, np.hstack([scale * rot, shift[:, None]]), atol=1e-9)
     # a mirror image is fitted by a rotation (no reflection), as a face cannot be mirrored
-    assert np.linalg.det(faces.fit_similarity(src, src * [-1, 1])[:, :2]) > 0
-    with pytest.raises(faces.FaceError):
-        faces.fit_similarity(np.zeros((5, 2)), src)
+    assert np.linalg.det(alignment.fit_similarity(src, src * [-1, 1])[:, :2]) > 0
+    with pytest.raises(geometry.FaceError):
+        alignment.fit_similarity(np.zeros((5, 2)), src)
 
 
 @pytest.mark.parametrize("angle", [-30, -15, 0, 15, 30])
@@ -126,13 +131,13 @@ def test_similarity_fit_recovers_a_known_transform():
 def test_rolled_landmarks_land_on_the_template(angle, face):
     """Known landmark sets rolled by up to 30 degrees, 40-600 px faces: the warp puts every one on
     the template within 1.5 px of a 128 px chip, whatever the scale (600 px faces are box-filtered first)."""
-    spec = faces.ChipSpec("aligned", 128, 0.25)
+    spec = alignment.ChipSpec("aligned", 128, 0.25)
     img = Image.new("RGB", (3 * face, 3 * face), (128, 128, 128))
     drawn = draw_face(0, 1, face, angle)
     x0, y0 = face, face // 2  # the chip lies inside the photo, away from its top-left corner
     img.paste(drawn, (x0, y0))
     marks = [(x + x0, y + y0) for x, y in DotDetector().detect(np.asarray(drawn))[0].landmarks]
-    chip = faces.face_chip(img, faces.Face((0, 0, 1, 1), 1.0, tuple(marks)), spec, None)
+    chip = alignment.face_chip(img, geometry.Face((0, 0, 1, 1), 1.0, tuple(marks)), spec, None)
     assert chip.size == (128, 128) and template_error(chip, spec) < 1.5
 
 
@@ -140,7 +145,7 @@ def test_chip_outside_the_photo_is_black_and_the_margin_scales_the_face():
     img = draw_face(1, 2, 60)
     face = DotDetector().detect(np.asarray(img))[0]
     # the template's face square fills a tight chip, and a fifth of a chip with margin 2
-    tight, wide = (faces.face_chip(img, face, faces.ChipSpec("aligned", 300, m), None) for m in (0.0, 2.0))
+    tight, wide = (alignment.face_chip(img, face, alignment.ChipSpec("aligned", 300, m), None) for m in (0.0, 2.0))
     assert np.asarray(wide)[0, 0].tolist() == [0, 0, 0] and np.asarray(tight)[0, 0].tolist() != [0, 0, 0]
     eyes = lambda chip: math.dist(*(dot_centres(np.asarray(chip), c)[0] for c in DOTS[:2]))
     assert eyes(tight) == pytest.approx(0.32 * 300, rel=0.02) and eyes(wide) == pytest.approx(0.32 * 60, rel=0.02)
@@ -150,33 +155,33 @@ def test_a_large_face_is_box_filtered_not_aliased():
     """A 900 px face in a 64 px chip: one-pixel stripes average to grey instead of aliasing."""
     stripes = np.zeros((1200, 1200, 3), dtype=np.uint8)
     stripes[:, ::2] = 255
-    marks = tuple((150 + 900 * u, 150 + 900 * v) for u, v in faces.TEMPLATE)
-    chip = np.asarray(faces.face_chip(Image.fromarray(stripes), faces.Face((0, 0, 1, 1), 1.0, marks),
-                                      faces.ChipSpec("aligned", 64, 0.0), None), dtype=float)
+    marks = tuple((150 + 900 * u, 150 + 900 * v) for u, v in alignment.TEMPLATE)
+    chip = np.asarray(alignment.face_chip(Image.fromarray(stripes), geometry.Face((0, 0, 1, 1), 1.0, marks),
+                                      alignment.ChipSpec("aligned", 64, 0.0), None), dtype=float)
     assert abs(chip.mean() - 127.5) < 3 and chip.std() < 3
 
 
 def test_main_face_prefers_the_large_centred_face():
     boxes = [(0, 0, 60, 60), (100, 100, 180, 180), (240, 240, 300, 300)]
-    assert faces.main_face([faces.Face(b) for b in boxes], (300, 300)).box == boxes[1]
+    assert geometry.main_face([geometry.Face(b) for b in boxes], (300, 300)).box == boxes[1]
     # a much larger face off-centre still wins over a tiny centred one, but not over a centred one
     # two thirds its size
     boxes = [(140, 140, 160, 160), (0, 0, 150, 150)]
-    assert faces.main_face([faces.Face(b) for b in boxes], (300, 300)).box == boxes[1]
+    assert geometry.main_face([geometry.Face(b) for b in boxes], (300, 300)).box == boxes[1]
     boxes = [(0, 0, 100, 100), (110, 110, 190, 190)]
-    assert faces.main_face([faces.Face(b) for b in boxes], (300, 300)).box == boxes[1]
+    assert geometry.main_face([geometry.Face(b) for b in boxes], (300, 300)).box == boxes[1]
 
 
 def test_framing_is_measured_on_the_central_square_and_moves_to_haar():
     # a 100 x 200 image: its central square is (0, 50)-(100, 150)
-    assert faces.framing_of(faces.Face((10, 60, 90, 140)), (100, 200)) == (0.5, 0.5, 0.8, 0.8)
-    haar = faces.HaarDetector()
-    assert faces.crop_geometry(faces.ChipSpec(framing=faces.GEOMETRY["mtcnn"]), haar) == \
-        pytest.approx(faces.GEOMETRY["haar"])
-    tight = faces.crop_geometry(faces.ChipSpec(framing=faces.Geometry(0.5, 0.5, 0.876, 1.166)), haar)
-    assert tight.w == pytest.approx(2 * faces.GEOMETRY["haar"].w)
+    assert geometry.framing_of(geometry.Face((10, 60, 90, 140)), (100, 200)) == (0.5, 0.5, 0.8, 0.8)
+    haar = detectors.HaarDetector()
+    assert alignment.crop_geometry(alignment.ChipSpec(framing=geometry.GEOMETRY["mtcnn"]), haar) == \
+        pytest.approx(geometry.GEOMETRY["haar"])
+    tight = alignment.crop_geometry(alignment.ChipSpec(framing=geometry.Geometry(0.5, 0.5, 0.876, 1.166)), haar)
+    assert tight.w == pytest.approx(2 * geometry.GEOMETRY["haar"].w)
     # unmeasured (older checkpoints): the detector's own IMDB-WIKI geometry
-    assert faces.crop_geometry(faces.ChipSpec(), haar) == faces.GEOMETRY["haar"]
+    assert alignment.crop_geometry(alignment.ChipSpec(), haar) == geometry.GEOMETRY["haar"]
 
 
 def test_a_photo_of_rolled_faces_gives_upright_chips():
@@ -185,8 +190,8 @@ def test_a_photo_of_rolled_faces_gives_upright_chips():
     photo = backdrop((700, 300), 3)
     for i, angle in enumerate((-30, -10, 20, 30)):
         photo.paste(draw_face(i % 2, i, 80 + 10 * i, angle), (20 + 170 * i, 40 + 20 * i))
-    aligned = faces.ChipSpec("aligned", 96, 0.2)
-    framed = faces.ChipSpec("off", 96, framing=faces.Geometry(0.5, 0.5, 0.8, 0.8))
+    aligned = alignment.ChipSpec("aligned", 96, 0.2)
+    framed = alignment.ChipSpec("off", 96, framing=geometry.Geometry(0.5, 0.5, 0.8, 0.8))
     regions = inference.find_regions(photo, "auto", DotDetector(), [aligned, framed])
     assert len(regions) == 4 and all(r.source == "detector" for r in regions)
     for r in regions:
@@ -209,12 +214,12 @@ def test_a_real_face_rolled_30_degrees_comes_out_upright(shared_data):
     for i, (crop, angle) in enumerate(zip(crops, (-30, 30))):
         rolled = crop.resize((300, 300), Image.BICUBIC).rotate(angle, resample=Image.BICUBIC, fillcolor=(90, 90, 90))
         photo.paste(rolled, (40 + 380 * i, 40))
-    mtcnn = faces.make_detector("mtcnn")
-    spec = faces.ChipSpec("aligned", 160, 0.25)
+    mtcnn = detectors.make_detector("mtcnn")
+    spec = alignment.ChipSpec("aligned", 160, 0.25)
     regions = inference.find_regions(photo, "on", mtcnn, [spec])
     assert len(regions) == 2
     for r in regions:
-        (again,) = [f for f in faces.detect_faces(mtcnn, r.squares[spec])]
+        (again,) = [f for f in detectors.detect_faces(mtcnn, r.squares[spec])]
         (lx, ly), (rx, ry) = again.landmarks[:2]
         # level (from 30 degrees; MTCNN's own landmarks on a rolled face are a few degrees off), and
         # every landmark within 5% of the side of its place on the template
@@ -246,18 +251,18 @@ def test_bad_chip_specs_are_refused(chips, match):
     info = {"task": "gender", "classes": ["f", "m"], "model_args": {"num_outputs": 2},
             "preprocess": {"resize": 40, "crop": 32, "mean": [0.5] * 3, "std": [0.2] * 3}, "chips": chips}
     with pytest.raises(CheckpointError, match=match):
-        prediction_models.check_metadata(info, "m.tar")
+        metadata.check_metadata(info, "m.tar")
     del info["chips"]  # older files: off, framed as IMDB-WIKI crops
-    assert prediction_models.check_metadata(info, "m.tar")["chips"] == faces.ChipSpec("off", 40)
+    assert metadata.check_metadata(info, "m.tar")["chips"] == alignment.ChipSpec("off", 40)
 
 
 def test_onnx_metadata_carries_the_chip_spec(tmp_path, dots, capsys):
-    import export
-    spec = faces.ChipSpec("aligned", 256, 0.3, framing=faces.Geometry(0.5, 0.45, 0.8, 0.9))
+    from gender_age.tools import export
+    spec = alignment.ChipSpec("aligned", 256, 0.3, framing=geometry.Geometry(0.5, 0.45, 0.8, 0.9))
     ck = with_chips(untrained_checkpoint(tmp_path / "u.tar", arch="resnet18"), tmp_path / "a.tar", spec.as_dict())
     assert export.cli([str(ck), "-o", str(tmp_path / "a.onnx"), "--no-check"]) == 0
     capsys.readouterr()
-    assert prediction_models.OnnxPredictor(tmp_path / "a.onnx").chips == spec == predictor.Predictor(ck, torch.device("cpu")).chips
+    assert onnx_backend.OnnxPredictor(tmp_path / "a.onnx").chips == spec == predictor.Predictor(ck, torch.device("cpu")).chips
     # predict.py --onnx honours it: the aligned chip of the drawn face, not its whole picture
     draw_face(0, 0, 200).save(tmp_path / "face.png")
     outs = [json.loads(_predict(capsys, tmp_path / "face.png", flag, model, "--json"))
@@ -300,11 +305,11 @@ def chip_args(tmp_path, **kw) -> Namespace:
 
 
 def prepare(tmp_path, logs, data, **kw):
-    train = ds.scan_image_folder(data / "train")
-    sel = ds.Selection(train.classes, train, None, ds.scan_image_folder(data / "test", classes=train.classes), [])
+    train = selection.scan_image_folder(data / "train")
+    sel = selection.Selection(train.classes, train, None, selection.scan_image_folder(data / "test", classes=train.classes), [])
     env = {"rank": 0, "world": 1, "workers": 0, "log": logs.append}
     (tmp_path / "run").mkdir(exist_ok=True)
-    return face_chips.prepare(chip_args(tmp_path, **kw), sel, ds.Preset(40, 32), None, tmp_path / "run", env)
+    return face_chips.prepare(chip_args(tmp_path, **kw), sel, transforms.Preset(40, 32), None, tmp_path / "run", env)
 
 
 def test_chips_are_cached_by_content_and_spec(tmp_path, dots):
@@ -313,11 +318,11 @@ def test_chips_are_cached_by_content_and_spec(tmp_path, dots):
     sel, load, chips = prepare(tmp_path, logs, data)
     assert "8 images" in logs[0] and "8 made, 0 from the cache" in logs[0]
     assert chips["mode"] == "aligned" and chips["margin"] == 0.25 and chips["size"] == 40
-    assert chips["template"] == [list(p) for p in faces.TEMPLATE]
+    assert chips["template"] == [list(p) for p in alignment.TEMPLATE]
     assert chips["framing"]["w"] == pytest.approx(0.8, abs=0.03)  # measured on the chipped training images
     # the loader gives the chip: dots on the template of a 40 px chip
     path = sel.train.paths[0]
-    spec = faces.ChipSpec("aligned", 40, 0.25)
+    spec = alignment.ChipSpec("aligned", 40, 0.25)
     assert template_error(Image.fromarray(load(path).permute(1, 2, 0).numpy()), spec) < 1.5
     cached = list((tmp_path / "cache").rglob("*.chip"))
     assert len(cached) == 8
@@ -348,7 +353,7 @@ def test_faceless_and_unreadable_images(tmp_path, dots):
     assert any("1 image(s) without a detectable face, centre-cropped (--no-face center)" in m for m in logs)
     assert torch.equal(load(str(blank)), images.decode_resized(blank, 40))  # the central square
     # the unreadable file: reported once, with its reason, by the decode step as any bad image
-    data_split, bad = ds.build_split(sel.train, ds.Preset(40, 32), "memory", 0, False, load=load)
+    data_split, bad = selection.build_split(sel.train, transforms.Preset(40, 32), "memory", 0, False, load=load)
     assert [Path(p).name for p, _ in bad] == ["broken.png"] and "not an image" in bad[0][1]
     assert len(data_split) == 6 + 1
     # --no-face skip drops it from the samples; the choice is logged; the second run finds the
@@ -399,7 +404,7 @@ def trained(tmp_path_factory):
     out = {"cache": d / "cache", "data": {"aligned": face_folder(d / "rolled", 10, 4, angle=20, pad=0.4),
                                           "off": face_folder(d / "tight", 10, 4)}}
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(faces, "make_detector", lambda name, device="cpu": DotDetector())
+        mp.setattr(detectors, "make_detector", lambda name, device="cpu": DotDetector())
         for mode, data in out["data"].items():
             run = d / mode
             assert gac.cli([*LIGHT, "--data-dir", str(data), "--checkpoint-dir", str(run), "-ep", "6", "--seed", "0",
@@ -413,7 +418,7 @@ def labels_of(records: list) -> dict:
     return {Path(r["file"]).name: r for r in records}
 
 
-def training_input(spec: faces.ChipSpec, path: Path, cache: Path) -> np.ndarray:
+def training_input(spec: alignment.ChipSpec, path: Path, cache: Path) -> np.ndarray:
     """What a run with ``spec`` trained and tested on for the image ``path``: its cached chip, or
     the image decoded (--face-chips off); (H, W, 3) floats."""
     if spec.mode == "aligned":
@@ -454,7 +459,7 @@ def test_predict_py_on_crops_and_photos_matches_the_runs_own_test(trained, mode,
         photo.save(tmp_path / f"{path.stem}.png")
     photos = labels_of(json.loads(_predict(capsys, tmp_path, "--checkpoint", run / "model_best.tar", "--json")))
     by_crop = labels_of(records)
-    imdb_wiki = faces.ChipSpec("off", spec.size)  # what predict.py cut for every model before
+    imdb_wiki = alignment.ChipSpec("off", spec.size)  # what predict.py cut for every model before
     for path in tests:
         got = photos[f"{path.stem}.png"]
         assert got["source"] == "detector" and got["label"] == by_crop[path.name]["label"], path.name
@@ -498,9 +503,9 @@ def test_aligned_models_find_faces_as_their_chips_were_made(tmp_path, monkeypatc
     """Whatever the default detector, an aligned model's faces come from MTCNN's landmarks on the
     whole image (no coarse first pass): another detector's landmarks shift the chip (measured on
     gender-data/test: 100/108 instead of the run's own 102/108)."""
-    import decode_pool
+    from gender_age.predict import workers as decode_pool
     made, searches = [], []
-    monkeypatch.setattr(faces, "make_detector", lambda name, device="cpu": made.append(name) or DotDetector())
+    monkeypatch.setattr(detectors, "make_detector", lambda name, device="cpu": made.append(name) or DotDetector())
     real_feed = decode_pool.Feed.__init__
 
     def spy(self, paths, args, detector, workers, exact=False):
@@ -508,7 +513,7 @@ def test_aligned_models_find_faces_as_their_chips_were_made(tmp_path, monkeypatc
         real_feed(self, paths, args, detector, workers, exact)
 
     monkeypatch.setattr(decode_pool.Feed, "__init__", spy)
-    spec = faces.ChipSpec("aligned", 256, 0.3)
+    spec = alignment.ChipSpec("aligned", 256, 0.3)
     ck = with_chips(untrained_checkpoint(tmp_path / "u.tar", arch="resnet18"), tmp_path / "a.tar", spec.as_dict())
     draw_face(0, 0, 200).save(tmp_path / "face.png")
     _predict(capsys, tmp_path / "face.png", "--checkpoint", ck)

@@ -11,11 +11,12 @@ import pytest
 import torch
 from PIL import Image
 
-import datasets as ds
+from gender_age.data import loading
+from gender_age.data import transforms
 from conftest import ROOT, make_folder_dataset, make_image
-import images
-import samples
-import runtime
+from gender_age.core import images
+from gender_age.data import samples
+from gender_age.core import runtime
 
 
 # ---- one image at a time -------------------------------------------------
@@ -156,7 +157,7 @@ def test_cached_images_drop_and_list_bad_files(tmp_path):
     (root / "train" / "male" / "broken.jpg").write_bytes(b"")
     (root / "train" / "female" / "fake.jpg").write_text("not a jpeg")
     found = samples.scan_image_folder(root / "train")
-    cached = ds.CachedImages(found, 32)
+    cached = loading.CachedImages(found, 32)
     assert len(cached) == 6 and len(cached.bad) == 2
     assert cached.images.shape == (6, 3, 32, 32) and cached.images.dtype == torch.uint8
     assert {os.path.basename(p) for p, _ in cached.bad} == {"broken.jpg", "fake.jpg"}
@@ -165,17 +166,17 @@ def test_cached_images_drop_and_list_bad_files(tmp_path):
 def test_streaming_never_raises_mid_epoch(tmp_path):
     root = make_folder_dataset(tmp_path / "d", n_train=2, n_test=1)
     found = samples.scan_image_folder(root / "train")
-    stream = ds.StreamingImages(found, 32)
+    stream = loading.StreamingImages(found, 32)
     (root / "train" / "male" / "male_0.jpg").write_bytes(b"")  # breaks after the check
-    batch = ds.collate_skip_bad([stream[i] for i in range(len(stream))])
+    batch = loading.collate_skip_bad([stream[i] for i in range(len(stream))])
     assert batch[0].shape == (3, 3, 32, 32) and batch[1].tolist() == [0, 0, 1]
 
 
 def test_cache_mode_choice_is_logged():
-    assert ds.choose_cache_mode("auto", 10, 256)[0] == "memory"
-    mode, why = ds.choose_cache_mode("auto", 10**9, 256)
+    assert loading.choose_cache_mode("auto", 10, 256)[0] == "memory"
+    mode, why = loading.choose_cache_mode("auto", 10**9, 256)
     assert mode == "stream" and "over half the free memory" in why
-    assert ds.choose_cache_mode("stream", 1, 8)[0] == "stream"
+    assert loading.choose_cache_mode("stream", 1, 8)[0] == "stream"
 
 
 # ---- transforms -------------------------------------------------------------
@@ -184,7 +185,7 @@ def test_eval_preset_matches_torchvision_resize_centercrop(tmp_path):
     from torchvision import transforms as T
     # square, like the face data (for other shapes the crop may differ by one pixel of rounding)
     path = make_image(tmp_path / "x.png", 1, 5, size=(300, 300), fmt="PNG")
-    preset = ds.Preset(256, 227)
+    preset = transforms.Preset(256, 227)
     ours = preset.eval_batch(images.decode_resized(path, 256)[None])[0]
     ref = T.Compose([T.Resize(256), T.CenterCrop(227), T.ToTensor(), T.Normalize(preset.mean, preset.std)])(
         Image.open(path).convert("RGB"))
@@ -193,7 +194,7 @@ def test_eval_preset_matches_torchvision_resize_centercrop(tmp_path):
 
 
 def test_train_batch_crops_flips_and_is_seeded():
-    preset = ds.Preset(8, 5, mean=(0, 0, 0), std=(1 / 255, 1 / 255, 1 / 255))
+    preset = transforms.Preset(8, 5, mean=(0, 0, 0), std=(1 / 255, 1 / 255, 1 / 255))
     batch = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).view(2, 3, 8, 8).to(torch.uint8)
     a = preset.train_batch(batch, torch.Generator().manual_seed(0))
     b = preset.train_batch(batch, torch.Generator().manual_seed(0))
@@ -205,7 +206,7 @@ def test_train_batch_crops_flips_and_is_seeded():
 
 
 def test_tta_views_are_the_four_corners_the_centre_and_their_mirrors():
-    preset = ds.Preset(8, 5)
+    preset = transforms.Preset(8, 5)
     batch = torch.randint(0, 255, (3, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     views = preset.tta_batch(batch)
     assert views.shape == (10, 3, 3, 5, 5)
@@ -218,9 +219,9 @@ def test_tta_views_are_the_four_corners_the_centre_and_their_mirrors():
 
 def test_numpy_preset_gives_the_tensor_presets_views():
     """Prediction's numpy preset (presets.EvalPreset, no torch) and training's tensor one agree."""
-    from presets import EvalPreset
+    from gender_age.data.presets import EvalPreset
     batch = torch.randint(0, 256, (2, 3, 10, 10), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    tensors, arrays = ds.Preset(10, 7), EvalPreset(10, 7)
+    tensors, arrays = transforms.Preset(10, 7), EvalPreset(10, 7)
     for view in ("eval_batch", "tta_batch"):
         want, got = getattr(tensors, view)(batch), getattr(arrays, view)(batch.numpy())
         assert isinstance(got, np.ndarray) and got.dtype == np.float32
@@ -228,7 +229,7 @@ def test_numpy_preset_gives_the_tensor_presets_views():
 
 
 def test_strong_augmentation_geometry_and_colour():
-    preset = ds.Preset(16, 12)
+    preset = transforms.Preset(16, 12)
     g = torch.Generator().manual_seed(0)
     # a constant grey image: contrast and saturation change nothing, brightness scales it
     grey = torch.full((8, 3, 16, 16), 100, dtype=torch.uint8)
@@ -254,7 +255,7 @@ def test_strong_augmentation_geometry_and_colour():
 def test_usable_cores_follows_the_cpu_affinity():
     # taskset/cpuset users and the pinned test workers get threads for the
     # cores they may use, not for every core of the machine
-    code = "import os, runtime; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); print(runtime.usable_cores())"
+    code = "import os; from gender_age.core import runtime; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); print(runtime.usable_cores())"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert out.strip() == "1"
     assert runtime.usable_cores() == len(os.sched_getaffinity(0))

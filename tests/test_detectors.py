@@ -13,12 +13,14 @@ import numpy as np
 import pytest
 import torch
 
-import decode_pool
-import faces
-import images
-import predict
-from bench_predict import untrained_checkpoint
-from checkpointing import first_non_finite
+from gender_age.predict import workers as decode_pool
+from gender_age.faces import detectors
+from gender_age.faces import geometry, videos
+import synthetic
+from gender_age.core import images
+from gender_age.predict import cli as predict
+from benchmarks.bench_predict import untrained_checkpoint
+from gender_age.core.checkpointing import first_non_finite
 from conftest import ROOT
 
 QUIET = ["--no-amp", "--csv"]
@@ -33,7 +35,7 @@ def crops(shared_data):
 
 @pytest.fixture(scope="module")
 def yunet():
-    return faces.make_detector("yunet")
+    return detectors.make_detector("yunet")
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +44,7 @@ def ckpt(tmp_path_factory):
 
 
 def photo_with(crops, places, seed=0, size=(640, 480)):
-    return faces.paste_crops(faces.background(size, seed), crops, places)
+    return synthetic.paste_crops(synthetic.background(size, seed), crops, places)
 
 
 # ---------------------------------------------------------------- the detector
@@ -50,11 +52,11 @@ def photo_with(crops, places, seed=0, size=(640, 480)):
 
 def test_yunet_gives_boxes_and_landmarks_in_mtcnns_order(crops, yunet):
     photo, squares = photo_with(crops, [(60, 120, 200), (380, 100, 220)])
-    found = faces.detect_faces(yunet, photo)
+    found = detectors.detect_faces(yunet, photo)
     assert len(found) == 2
-    mtcnn = faces.detect_faces(faces.make_detector("mtcnn"), photo)
+    mtcnn = detectors.detect_faces(detectors.make_detector("mtcnn"), photo)
     for f, square, m in zip(found, squares, mtcnn):
-        assert faces.iou(f.box, faces.face_in_crop(square, yunet.geometry)) >= 0.5
+        assert geometry.iou(f.box, geometry.face_in_crop(square, yunet.geometry)) >= 0.5
         assert 0.6 <= f.score <= 1
         (lx, ly), (rx, ry), (nx, ny), (mlx, mly), (mrx, mry) = f.landmarks
         x0, y0, x1, y1 = f.box
@@ -68,18 +70,18 @@ def test_yunet_gives_boxes_and_landmarks_in_mtcnns_order(crops, yunet):
 
 
 def test_yunet_finds_nothing_in_a_background_or_a_tiny_image(yunet):
-    assert faces.detect_faces(yunet, faces.background((640, 480), 3)) == []
+    assert detectors.detect_faces(yunet, synthetic.background((640, 480), 3)) == []
     for size in ((1, 1), (7, 5), (31, 33)):
-        assert faces.detect_faces(yunet, faces.background(size, 1)) == []
+        assert detectors.detect_faces(yunet, synthetic.background(size, 1)) == []
 
 
 def test_a_missing_detector_package_is_a_one_line_error(monkeypatch, tmp_path, ckpt, capsys):
     monkeypatch.setitem(sys.modules, "yuface", None)  # import yuface -> ImportError
-    with pytest.raises(faces.FaceError, match="pip install yuface==2023.5.1"):
-        faces.make_detector("yunet")
+    with pytest.raises(geometry.FaceError, match="pip install yuface==2023.5.1"):
+        detectors.make_detector("yunet")
     images_dir = tmp_path / "in"
     images_dir.mkdir()
-    faces.background((64, 48), 0).save(images_dir / "a.png")
+    synthetic.background((64, 48), 0).save(images_dir / "a.png")
     assert predict.cli([str(images_dir), "--checkpoint", str(ckpt), *QUIET]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: the yunet detector needs the yuface package") and err.count("\n") == 1
@@ -89,9 +91,9 @@ def test_a_missing_detector_package_is_a_one_line_error(monkeypatch, tmp_path, c
 
 
 def test_mtcnn_batch_equals_one_by_one(crops):
-    mtcnn = faces.make_detector("mtcnn")
+    mtcnn = detectors.make_detector("mtcnn")
     photos = [photo_with(crops[i % 2:i % 2 + 1], [(40 + 90 * i, 60 + 30 * i, 180)], seed=i)[0] for i in range(4)]
-    photos.append(faces.background((640, 480), 9))  # a photo without a face in the same batch
+    photos.append(synthetic.background((640, 480), 9))  # a photo without a face in the same batch
     arrays = [np.asarray(p) for p in photos]
     batched = mtcnn.detect_batch(arrays)
     single = [mtcnn.detect(a) for a in arrays]
@@ -107,7 +109,7 @@ def test_detect_faces_batch_equals_detect_faces_on_mixed_sizes(crops, yunet):
               photo_with(crops[1:], [(200, 50, 240)], seed=2, size=(800, 600))[0],
               photo_with(crops, [(10, 10, 120), (330, 200, 150)], seed=3)[0]]
     for max_side in (1024, 400):
-        assert faces.detect_faces_batch(yunet, photos, max_side) == [faces.detect_faces(yunet, p, max_side)
+        assert detectors.detect_faces_batch(yunet, photos, max_side) == [detectors.detect_faces(yunet, p, max_side)
                                                                      for p in photos]
 
 
@@ -123,16 +125,16 @@ def test_auto_keeps_the_coarse_search_only_for_face_crops(crops, yunet, monkeypa
     crop = crops[1].resize((400, 400))
     squarish_photo = photo_with(crops[:1], [(20, 20, 90)], size=(500, 480))[0]  # a small face: not a crop
     sides = []
-    real = faces.detect_faces_batch
+    real = detectors.detect_faces_batch
 
     def spy(detector, imgs, max_side):
         sides.append(max_side)
         return real(detector, imgs, max_side)
-    monkeypatch.setattr(faces, "detect_faces_batch", spy)
+    monkeypatch.setattr(detectors, "detect_faces_batch", spy)
     found = decode_pool.find_faces([crop, squarish_photo], yunet, decode_pool.Search("auto"))
     # only the photo is searched again, at its search side
     assert sides == [decode_pool.COARSE_SIZE, [decode_pool.Search("auto").side(squarish_photo.size)]]
-    assert len(found[0]) == 1 and faces.looks_like_crop(crop.size, found[0], yunet.geometry)
+    assert len(found[0]) == 1 and geometry.looks_like_crop(crop.size, found[0], yunet.geometry)
     assert len(found[1]) == 1
 
 
@@ -168,7 +170,7 @@ def test_pool_workers_give_the_same_records_in_the_same_order(crops, ckpt, tmp_p
 
 def test_video_frames_through_the_pool(crops, ckpt, tmp_path, capsys):
     video = tmp_path / "clip.avi"
-    writer = faces.VideoWriter(video, 10.0, (320, 240))
+    writer = videos.VideoWriter(video, 10.0, (320, 240))
     for i in range(23):
         writer.write(photo_with(crops[:1], [(10 + 4 * i, 30, 150)], seed=0, size=(320, 240))[0])
     writer.close()
@@ -193,7 +195,7 @@ def loaded_modules(code: str) -> set:
 
 def test_no_detect_imports_no_detector_opencv_onnx_or_torchvision(ckpt, tmp_path):
     img = tmp_path / "a.png"
-    faces.background((64, 64), 0).save(img)
+    synthetic.background((64, 64), 0).save(img)
     run = (f"import sys, runpy; sys.path.insert(0, '.'); sys.argv = ['predict.py', {str(img)!r}, '--no-detect', "
            f"'--checkpoint', {str(ckpt)!r}]\ntry:\n    runpy.run_path('predict.py', run_name='__main__')\n"
            f"except SystemExit as e:\n    assert e.code == 0, e.code")
@@ -203,7 +205,7 @@ def test_no_detect_imports_no_detector_opencv_onnx_or_torchvision(ckpt, tmp_path
 def test_the_decode_pool_starts_before_torch_is_imported():
     # predict.py, the pool and the yunet detector import no torch: the pool's processes are forked
     # before predict.py imports it, and decode and detect while it loads
-    assert loaded_modules("import predict, decode_pool; import faces; faces.make_detector('yunet')") == {"yuface"}
+    assert loaded_modules("import predict; from gender_age.predict import workers; from gender_age.faces import detectors; detectors.make_detector('yunet')") == {"yuface"}
 
 
 # ---------------------------------------------------------------- weights check
@@ -222,7 +224,7 @@ def test_no_detect_decodes_as_training_does(ckpt, tmp_path, capsys):
     """--no-detect decodes a large JPEG in the decode pool as the training pipeline does
     (images.decode_resized: a reduced-scale JPEG decode, then the square), so the probabilities
     are the checkpoint's on exactly the training pixels."""
-    from prediction_models import load_predictor
+    from gender_age.predict.loading import load_predictor
     rng = np.random.default_rng(0)
     for i in range(3):
         pixels = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)

@@ -6,9 +6,9 @@ import os
 import subprocess
 import sys
 
-from checkpointing import load_checkpoint
+from gender_age.core.checkpointing import load_checkpoint
 from conftest import ROOT, make_folder_dataset
-import predict
+from gender_age.predict import cli as predict
 
 
 def test_torchrun_two_processes(tmp_path, capsys):

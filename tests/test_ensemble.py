@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-import ensemble
-import export
-import gender_age_classifier as gac
-from checkpointing import load_checkpoint
-from predictor import Predictor
+from gender_age.tools import ensemble
+from gender_age.tools import export
+from gender_age.train import cli as gac
+from gender_age.core.checkpointing import load_checkpoint
+from gender_age.predict.torch_backend import Predictor
 from test_age_gender import LIGHT, make_sources, source_args
 
 
@@ -53,7 +53,7 @@ def test_ensemble_averages_its_members_and_evaluates_on_their_validation_split(m
     # exported to ONNX, it gives the same logits
     onnx = root / "ab.onnx"
     assert export.cli([str(out), "-o", str(onnx)]) == 0
-    from prediction_models import OnnxPredictor
+    from gender_age.predict.onnx_backend import OnnxPredictor
     np.testing.assert_allclose(OnnxPredictor(onnx).logits(batch), both.logits(batch), atol=1e-4)
 
 
@@ -93,7 +93,7 @@ def test_misuse_is_a_one_line_error_and_writes_nothing(members, capsys):
 def test_bench_general_compares_the_ensemble_of_its_members_with_their_time_summed(members, tmp_path, capsys):
     import shutil
 
-    import bench_general as bg
+    from benchmarks import bench_general as bg
     _, _, m = members
     run = tmp_path / "bench"
     args = bg.get_args_parser().parse_args(["--skip-train", "--members", "2", "--no-peer", "--no-tta",

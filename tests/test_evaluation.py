@@ -9,18 +9,20 @@ import warnings
 import pytest
 import torch
 
-import datasets as ds
-import faces
-import gender_age_classifier as gac
-import images
-import inference
-import plots
-import samples
-import settings
-import trainer
-from checkpointing import CheckpointError, load_checkpoint
+from gender_age.data import loading
+from gender_age.data import selection
+from gender_age.data import transforms
+from gender_age.faces import geometry as faces
+from gender_age.train import cli as gac
+from gender_age.core import images
+from gender_age.predict import units as inference
+from gender_age.train import plots
+from gender_age.data import samples
+from gender_age.train import config as settings
+from gender_age.train import trainer
+from gender_age.core.checkpointing import CheckpointError, load_checkpoint
 from conftest import make_folder_dataset
-from tasks import OrdinalTask
+from gender_age.train.tasks import OrdinalTask
 from test_exact_age import age_csvs  # noqa: F401  (fixture)
 
 TINY = ["--no-progress", "--workers", "0", "-b", "8"]
@@ -229,16 +231,16 @@ def test_resume_restores_each_process_its_own_state():
 
 def test_each_process_decodes_its_share(tmp_path):
     found = samples.scan_image_folder(make_folder_dataset(tmp_path / "d", n_train=3, n_test=1) / "train")
-    part = ds.CachedImages(found, 16, rank=1, world=2)  # no process group: only its own share
+    part = loading.CachedImages(found, 16, rank=1, world=2)  # no process group: only its own share
     assert part.paths == found.paths[1::2]
-    full = ds.CachedImages(found, 16)
+    full = loading.CachedImages(found, 16)
     assert torch.equal(part.images, full.images[1::2])
-    mode, why = ds.choose_cache_mode("auto", 1000, 256, processes=10 ** 4)
+    mode, why = loading.choose_cache_mode("auto", 1000, 256, processes=10 ** 4)
     assert mode == "stream" and "(" not in why
 
 
 def test_bf16_needs_an_ampere_gpu(monkeypatch):
-    import runtime
+    from gender_age.core import runtime
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
     assert not runtime.bf16_is_fast(torch.device("cuda", 0))  # Turing reports bf16, but emulates it
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
@@ -251,13 +253,13 @@ def test_bf16_needs_an_ampere_gpu(monkeypatch):
     ("GenuineIntel", "fpu avx512f avx512_bf16", False),  # measured 0.68-0.78x of fp32 here
     ("GenuineIntel", "fpu avx2", False), ("AuthenticAMD", "fpu avx2", False)])
 def test_cpu_bf16_where_it_was_measured_faster(vendor, flags, fast):
-    import runtime
+    from gender_age.core import runtime
     cpuinfo = f"processor\t: 0\nvendor_id\t: {vendor}\nmodel name\t: X\nflags\t\t: {flags}\n\nprocessor\t: 1\n"
     assert runtime.cpu_bf16_is_fast(cpuinfo) is fast
 
 
 def test_each_cuda_process_binds_its_gpu_and_reduces_cpu_tensors_over_gloo(monkeypatch):
-    import runtime
+    from gender_age.core import runtime
     calls = {}
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setattr(torch.cuda, "set_device", lambda device: calls.setdefault("device", device))
@@ -279,9 +281,9 @@ def test_strong_augmentation_resizes_float_tensors(monkeypatch):
         seen.append(x.dtype)
         return real(x, *a, **k)
 
-    monkeypatch.setattr(ds.F, "interpolate", spy)
+    monkeypatch.setattr(transforms.F, "interpolate", spy)
     batch = torch.randint(0, 256, (6, 3, 40, 40), dtype=torch.uint8)
-    out = ds.Preset(40, 32).train_batch_strong(batch, torch.Generator().manual_seed(0))
+    out = transforms.Preset(40, 32).train_batch_strong(batch, torch.Generator().manual_seed(0))
     assert out.shape == (6, 3, 32, 32) and out.dtype == torch.float32 and torch.isfinite(out).all()
     assert seen and all(d == torch.float32 for d in seen)
 

@@ -8,14 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-import datasets as ds
-import gender_age_classifier as gac
-import losses
-from checkpointing import load_checkpoint
+from gender_age.train import cli as gac
+from gender_age.nets import heads as losses
+from gender_age.core.checkpointing import load_checkpoint
 from conftest import make_image
-from tasks import OrdinalTask
+from gender_age.train.tasks import OrdinalTask
 from test_behaviour import checkpoint_logits, decode, ordinal_rank
-import samples
+from gender_age.data import samples
 
 LIGHT = ["--arch", "resnet18", "--resize", "40", "--crop", "32", "--no-progress", "--workers", "0", "-b", "8"]
 
@@ -196,7 +195,7 @@ def test_real_utkface_split_parses(shared_data):
 
 
 def test_bench_age_runs_each_loss_with_one_recipe(age_csvs, tmp_path):
-    import bench_age
+    from benchmarks import bench_age
     out = tmp_path / "bench"
     extra = ["--data-dir", str(age_csvs), "-ep", "1", "-b", "8", "--resize", "40", "--crop", "32", "--workers", "0"]
     # a row of an earlier run of another loss, which a run of one loss must keep

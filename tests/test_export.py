@@ -8,14 +8,14 @@ import pytest
 import numpy as np
 import torch
 
-import export
-import predict
-from bench_predict import untrained_checkpoint
-from checkpointing import CheckpointError
+from gender_age.tools import export
+from gender_age.predict import cli as predict
+from benchmarks.bench_predict import untrained_checkpoint
+from gender_age.core.checkpointing import CheckpointError
 from conftest import make_image
 from test_faces import one_thread  # noqa: F401  (autouse: one torch thread)
-import prediction_models  # noqa: E402
-import predictor  # noqa: E402
+from gender_age.predict import onnx_backend as prediction_models  # noqa: E402
+from gender_age.predict import torch_backend as predictor  # noqa: E402
 
 # The deprecated exporters (TorchScript-based ONNX, torch.jit.trace) warn: make that a failure, so
 # they cannot come back silently. It covers the module fixture too, which runs in a test's setup.

@@ -15,14 +15,16 @@ import pytest
 import torch
 from PIL import Image
 
-import datasets as ds
-import faces
-import losses
-import predict
-from bench_predict import untrained_checkpoint
-import images
-import predictor
-from checkpointing import load_checkpoint
+from gender_age.faces import detectors
+from gender_age.faces import geometry
+from gender_age.faces import videos
+import synthetic
+from gender_age.nets import heads as losses
+from gender_age.predict import cli as predict
+from benchmarks.bench_predict import untrained_checkpoint
+from gender_age.core import images
+from gender_age.predict import torch_backend as predictor
+from gender_age.core.checkpointing import load_checkpoint
 from test_behaviour import checkpoint_logits, ordinal_rank
 
 NO_AMP = ["--no-amp", "--workers", "0"]
@@ -54,12 +56,12 @@ def crops(shared_data):
 
 @pytest.fixture(scope="module")
 def mtcnn():
-    return faces.make_detector("mtcnn")
+    return detectors.make_detector("mtcnn")
 
 
 def truth_box(detector, crop: Image.Image, square) -> tuple:
     """The detector's largest face box on the original crop, moved to where the crop was pasted."""
-    found = faces.detect_faces(detector, crop)
+    found = detectors.detect_faces(detector, crop)
     assert found, "the detector finds no face in the original crop"
     b = max(found, key=lambda f: (f.box[2] - f.box[0]) * (f.box[3] - f.box[1])).box
     s = (square[2] - square[0]) / crop.width
@@ -74,64 +76,64 @@ def run(argv, capsys) -> tuple[int, str, str]:
 
 # ---- detection and crops ------------------------------------------------------
 
-@pytest.mark.parametrize("name", faces.DETECTORS)
+@pytest.mark.parametrize("name", detectors.DETECTORS)
 def test_detector_finds_a_pasted_real_face(name, crops):
-    det = faces.make_detector(name)
-    photo, (square,) = faces.paste_crops(faces.background((640, 480), 0), crops[:1], [(330, 140, 200)])
+    det = detectors.make_detector(name)
+    photo, (square,) = synthetic.paste_crops(synthetic.background((640, 480), 0), crops[:1], [(330, 140, 200)])
     truth = truth_box(det, crops[0], square)
-    found = faces.detect_faces(det, photo)
-    assert len(found) == 1 and faces.iou(found[0].box, truth) >= 0.5
+    found = detectors.detect_faces(det, photo)
+    assert len(found) == 1 and geometry.iou(found[0].box, truth) >= 0.5
     # the training-like crop around the found face is (about) the crop that was pasted
-    assert faces.iou(faces.crop_square(found[0].box, det.geometry), square) >= 0.6
-    assert faces.iou(faces.face_in_crop(square, det.geometry), truth) >= 0.5
+    assert geometry.iou(geometry.crop_square(found[0].box, det.geometry), square) >= 0.6
+    assert geometry.iou(geometry.face_in_crop(square, det.geometry), truth) >= 0.5
     if name != "haar":  # MTCNN and YuNet give landmarks, in the same order
         # landmarks in photo pixels: the eyes inside the box's upper half, left eye left of the right
         (lx, ly), (rx, ry) = found[0].landmarks[:2]
         x0, y0, x1, y1 = found[0].box
         assert x0 < lx < rx < x1 and y0 < ly < (y0 + y1) / 2 and y0 < ry < (y0 + y1) / 2
         # and mapped back from a downscaled search like the box
-        small = faces.detect_faces(det, photo, max_side=480)[0]
+        small = detectors.detect_faces(det, photo, max_side=480)[0]
         assert np.allclose(small.landmarks[:2], found[0].landmarks[:2], atol=4)
     else:
         assert found[0].landmarks is None
 
 
 def test_geometry_round_trip():
-    g = faces.GEOMETRY["mtcnn"]
+    g = geometry.GEOMETRY["mtcnn"]
     square = (10.0, 20.0, 210.0, 220.0)
-    back = faces.crop_square(faces.face_in_crop(square, g), g)
+    back = geometry.crop_square(geometry.face_in_crop(square, g), g)
     assert np.allclose(back, square)
-    assert faces.crop_face(Image.new("RGB", (50, 40)), (-10, -10, 30, 30)).size == (40, 40)
+    assert geometry.crop_face(Image.new("RGB", (50, 40)), (-10, -10, 30, 30)).size == (40, 40)
 
 
 def test_whole_image_rule(mtcnn):
     g = mtcnn.geometry
-    assert faces.looks_like_crop((200, 210), [], g)
-    assert not faces.looks_like_crop((640, 480), [], g)
-    face = faces.face_in_crop((0, 0, 300, 300), g)
-    assert faces.looks_like_crop((300, 300), [faces.Face(face)], g)
+    assert geometry.looks_like_crop((200, 210), [], g)
+    assert not geometry.looks_like_crop((640, 480), [], g)
+    face = geometry.face_in_crop((0, 0, 300, 300), g)
+    assert geometry.looks_like_crop((300, 300), [geometry.Face(face)], g)
     small = tuple(v / 4 for v in face)
-    assert not faces.looks_like_crop((300, 300), [faces.Face(small)], g)
+    assert not geometry.looks_like_crop((300, 300), [geometry.Face(small)], g)
 
 
 def test_photo_with_two_faces_gives_two_records(ckpts, crops, mtcnn, tmp_path, capsys):
-    photo, squares = faces.paste_crops(faces.background((800, 400), 1), crops, [(40, 60, 220), (450, 100, 260)])
+    photo, squares = synthetic.paste_crops(synthetic.background((800, 400), 1), crops, [(40, 60, 220), (450, 100, 260)])
     photo.save(tmp_path / "two.jpg", quality=95)
     code, out, _ = run([tmp_path / "two.jpg", "--gender-checkpoint", ckpts["gender"], "--exact-age-checkpoint",
                         ckpts["exact"], "--json", *NO_AMP], capsys)
     records = json.loads(out)
     assert code == 0 and [r["face"] for r in records] == [0, 1]
     for r, crop, square in zip(records, crops, squares):
-        assert faces.iou(r["box"], truth_box(mtcnn, crop, square)) >= 0.5
+        assert geometry.iou(r["box"], truth_box(mtcnn, crop, square)) >= 0.5
         assert r["source"] == "detector" and 0.9 <= r["score"] <= 1
         assert r["gender"] in ("female", "male") and abs(sum(r["gender_probabilities"].values()) - 1) < 1e-4
     # each face's age: 21 + the rank that the exact-age model's logits on the training-like
     # crop around the face the detector finds decode to, computed here
     img = images.load_rgb(tmp_path / "two.jpg")
     exact = load_checkpoint(ckpts["exact"])
-    found = faces.detect_faces(mtcnn, img)
-    batch = torch.stack([images.pil_to_uint8_tensor(images.resize_square(faces.crop_face(
-        img, faces.crop_square(f.box, mtcnn.geometry)), exact["preprocess"]["resize"])) for f in found])
+    found = detectors.detect_faces(mtcnn, img)
+    batch = torch.stack([images.pil_to_uint8_tensor(images.resize_square(geometry.crop_face(
+        img, geometry.crop_square(f.box, mtcnn.geometry)), exact["preprocess"]["resize"])) for f in found])
     ages = 21 + ordinal_rank(checkpoint_logits(exact, batch), "coral")
     assert [r["exact_age"] for r in records] == ages.tolist() and all(type(r["exact_age"]) is int for r in records)
     # the readable table: a header, then one row per face
@@ -141,8 +143,8 @@ def test_photo_with_two_faces_gives_two_records(ckpts, crops, mtcnn, tmp_path, c
 
 
 def test_photo_without_a_face_says_so(ckpts, tmp_path, capsys):
-    faces.background((640, 480), 2).save(tmp_path / "empty.png")
-    faces.background((300, 300), 3).save(tmp_path / "square.png")
+    synthetic.background((640, 480), 2).save(tmp_path / "empty.png")
+    synthetic.background((300, 300), 3).save(tmp_path / "square.png")
     code, out, err = run([tmp_path / "empty.png", "--checkpoint", ckpts["gender"], *NO_AMP], capsys)
     assert code == 0 and "no face found" in out and err == ""
     code, out, _ = run([tmp_path, "--checkpoint", ckpts["gender"], "--detect", "on", "--csv", *NO_AMP], capsys)
@@ -188,7 +190,7 @@ def _save_formats(photo: Image.Image, folder):
 
 
 def test_every_image_format(ckpts, crops, mtcnn, tmp_path, capsys):
-    photo, (square,) = faces.paste_crops(faces.background((420, 300), 4), crops[:1], [(150, 50, 180)])
+    photo, (square,) = synthetic.paste_crops(synthetic.background((420, 300), 4), crops[:1], [(150, 50, 180)])
     truth = truth_box(mtcnn, crops[0], square)
     names = _save_formats(photo, tmp_path / "formats")
     code, out, err = run([tmp_path / "formats", "--checkpoint", ckpts["gender"], "--detect", "on", "--json",
@@ -196,7 +198,7 @@ def test_every_image_format(ckpts, crops, mtcnn, tmp_path, capsys):
     records = {r["file"].rsplit("/", 1)[-1]: r for r in json.loads(out)}
     assert code == 0 and err == "" and sorted(records) == sorted(names)
     for name, r in records.items():
-        assert r["source"] == "detector" and faces.iou(r["box"], truth) >= 0.5, name
+        assert r["source"] == "detector" and geometry.iou(r["box"], truth) >= 0.5, name
 
 
 # ---- videos ---------------------------------------------------------------------
@@ -204,9 +206,9 @@ def test_every_image_format(ckpts, crops, mtcnn, tmp_path, capsys):
 @pytest.mark.parametrize("suffix", [".mp4", ".avi"])
 def test_video_frames_are_sampled_and_annotated(ckpts, crops, mtcnn, tmp_path, capsys, suffix):
     path, fps, truths = tmp_path / f"clip{suffix}", 10.0, []
-    writer = faces.VideoWriter(path, fps, (480, 320))
+    writer = videos.VideoWriter(path, fps, (480, 320))
     for i in range(7):
-        frame, (square,) = faces.paste_crops(faces.background((480, 320), 5), crops[:1], [(30 + 40 * i, 60, 180)])
+        frame, (square,) = synthetic.paste_crops(synthetic.background((480, 320), 5), crops[:1], [(30 + 40 * i, 60, 180)])
         writer.write(frame)
         truths.append(truth_box(mtcnn, crops[0], square))
     writer.close()
@@ -219,8 +221,8 @@ def test_video_frames_are_sampled_and_annotated(ckpts, crops, mtcnn, tmp_path, c
         k = int(r["frame"])
         assert float(r["time"]) == pytest.approx(k / fps)
         box = [float(r[c]) for c in ("x0", "y0", "x1", "y1")]
-        assert faces.iou(box, truths[k]) >= 0.5 and r["label"] in ("female", "male")
-    video = faces.Video(out_dir / path.name)
+        assert geometry.iou(box, truths[k]) >= 0.5 and r["label"] in ("female", "male")
+    video = videos.Video(out_dir / path.name)
     frames = list(video.frames())
     assert len(frames) == 7 and frames[0][2].size == (480, 320)
 
@@ -232,7 +234,7 @@ def test_unreadable_video_is_reported(ckpts, tmp_path, capsys):
 
 
 def test_annotated_image(ckpts, crops, tmp_path, capsys):
-    photo, _ = faces.paste_crops(faces.background((500, 360), 6), crops[:1], [(200, 80, 200)])
+    photo, _ = synthetic.paste_crops(synthetic.background((500, 360), 6), crops[:1], [(200, 80, 200)])
     photo.save(tmp_path / "one.png")
     code, _, _ = run([tmp_path / "one.png", "--checkpoint", ckpts["gender"], "--annotate", tmp_path / "out",
                       *NO_AMP], capsys)

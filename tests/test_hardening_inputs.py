@@ -16,14 +16,15 @@ import pytest
 import torch
 from PIL import Image
 
-import faces
-import images
-import predict
-import predictor
-import prediction_output
-import samples
-from bench_predict import untrained_checkpoint
-from checkpointing import atomic_torch_save, load_checkpoint
+from gender_age.faces import videos
+import synthetic
+from gender_age.core import images
+from gender_age.predict import cli as predict
+from gender_age.predict import torch_backend as predictor
+from gender_age.predict import records as prediction_output
+from gender_age.data import samples
+from benchmarks.bench_predict import untrained_checkpoint
+from gender_age.core.checkpointing import atomic_torch_save, load_checkpoint
 from conftest import make_folder_dataset, make_image
 
 FAST = ["--no-detect", "--workers", "0", "--no-amp", "--device", "cpu"]
@@ -337,9 +338,9 @@ def test_resized_images_have_a_pixel_limit(monkeypatch):
 
 def test_video_frames_have_a_pixel_limit(ckpts, tmp_path, capsys, monkeypatch):
     path = tmp_path / "clip.avi"
-    writer = faces.VideoWriter(path, 5.0, (64, 48))
+    writer = videos.VideoWriter(path, 5.0, (64, 48))
     for i in range(2):
-        writer.write(faces.background((64, 48), i))
+        writer.write(synthetic.background((64, 48), i))
     writer.close()
     assert run([path, "--checkpoint", ckpts["gender"], *FAST], capsys)[0] == 0
     monkeypatch.setattr(images, "MAX_IMAGE_PIXELS", 1000)

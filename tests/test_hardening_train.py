@@ -17,13 +17,13 @@ import tempfile
 import pytest
 import torch
 
-import checkpointing
-import engine
-import gender_age_classifier as gac
-import plots
-import run_folder
-import tasks
-from checkpointing import CheckpointError, atomic_torch_save, check_finite_weights, load_checkpoint
+from gender_age.core import checkpointing
+from gender_age.train import engine
+from gender_age.train import cli as gac
+from gender_age.train import plots
+from gender_age.train import run_folder
+from gender_age.train import tasks
+from gender_age.core.checkpointing import CheckpointError, atomic_torch_save, check_finite_weights, load_checkpoint
 from conftest import make_folder_dataset, make_image
 
 FAST = ["--no-progress", "--workers", "0", "-b", "4", "--arch", "resnet18", "--resize", "40", "--crop", "32",

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import losses as L  # noqa: E402
+from gender_age.nets import heads
+from gender_age.train import losses  # noqa: E402
 
 # coral-pytorch is pinned in requirements.txt: imported plainly, so a missing one fails the suite
 from coral_pytorch.dataset import (  # noqa: E402
@@ -40,7 +41,7 @@ def _random_case(seed, n=64, k=40):
 
 def test_levels_hand_values():
     # K = 4: rank r -> r ones then zeros
-    got = L.levels_from_labels(torch.tensor([0, 1, 3, 2]), 4)
+    got = losses.levels_from_labels(torch.tensor([0, 1, 3, 2]), 4)
     want = torch.tensor([[0., 0., 0.], [1., 0., 0.], [1., 1., 1.], [1., 1., 0.]])
     assert got.dtype == torch.float32
     assert torch.equal(got, want)
@@ -50,13 +51,13 @@ def test_levels_hand_values():
 def test_levels_match_coral_pytorch(seed):
     _, labels = _random_case(seed)
     ref = levels_from_labelbatch(labels, num_classes=40)
-    assert torch.equal(L.levels_from_labels(labels, 40), ref)
+    assert torch.equal(losses.levels_from_labels(labels, 40), ref)
 
 
 @pytest.mark.parametrize("bad", [[-1, 0], [0, 4]])
 def test_levels_reject_out_of_range(bad):
     with pytest.raises(ValueError):
-        L.levels_from_labels(torch.tensor(bad), 4)
+        losses.levels_from_labels(torch.tensor(bad), 4)
 
 
 # ---------------------------------------------------------------------------
@@ -75,19 +76,19 @@ LOSS_B = math.log(8 / 3)       # 0.9808...
 
 
 def test_coral_loss_hand_values():
-    levels = L.levels_from_labels(HAND_LABELS, 3)
-    per = L.coral_loss(HAND_LOGITS, levels, reduction=None)
+    levels = losses.levels_from_labels(HAND_LABELS, 3)
+    per = losses.coral_loss(HAND_LOGITS, levels, reduction=None)
     assert torch.allclose(per, torch.tensor([LOSS_A, LOSS_B]), atol=1e-6)
-    assert L.coral_loss(HAND_LOGITS, levels).item() == pytest.approx((LOSS_A + LOSS_B) / 2, abs=1e-6)
-    assert L.coral_loss(HAND_LOGITS, levels, reduction="sum").item() == pytest.approx(LOSS_A + LOSS_B, abs=1e-6)
+    assert losses.coral_loss(HAND_LOGITS, levels).item() == pytest.approx((LOSS_A + LOSS_B) / 2, abs=1e-6)
+    assert losses.coral_loss(HAND_LOGITS, levels, reduction="sum").item() == pytest.approx(LOSS_A + LOSS_B, abs=1e-6)
 
 
 def test_coral_loss_hand_values_weighted():
     # weights [1, 1/2] halve the second task's term:
     #   a: ln2 + 0.5 * ln4 = 2 ln2;   b: ln(4/3) + 0.5 * ln2
-    levels = L.levels_from_labels(HAND_LABELS, 3)
+    levels = losses.levels_from_labels(HAND_LABELS, 3)
     w = torch.tensor([1.0, 0.5])
-    per = L.coral_loss(HAND_LOGITS, levels, importance_weights=w, reduction="none")
+    per = losses.coral_loss(HAND_LOGITS, levels, importance_weights=w, reduction="none")
     want = torch.tensor([2 * math.log(2), math.log(4 / 3) + 0.5 * math.log(2)])
     assert torch.allclose(per, want, atol=1e-6)
 
@@ -99,15 +100,15 @@ def test_coral_loss_matches_coral_pytorch(seed, reduction):
     levels = levels_from_labelbatch(labels, num_classes=40)
     w = torch.rand(39, generator=torch.Generator().manual_seed(seed + 100))
     for weights in (None, w):
-        got = L.coral_loss(logits, levels, importance_weights=weights, reduction=reduction)
+        got = losses.coral_loss(logits, levels, importance_weights=weights, reduction=reduction)
         want = ref_coral_loss(logits, levels, importance_weights=weights, reduction=reduction)
         assert torch.allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
 def test_ordinal_loss_is_coral_formula():
     logits, labels = _random_case(3, k=10)
-    levels = L.levels_from_labels(labels, 10)
-    assert torch.allclose(L.ordinal_loss(logits, levels), ref_coral_loss(logits, levels))
+    levels = losses.levels_from_labels(labels, 10)
+    assert torch.allclose(losses.ordinal_loss(logits, levels), ref_coral_loss(logits, levels))
 
 
 def test_coral_loss_stable_for_extreme_logits():
@@ -115,16 +116,16 @@ def test_coral_loss_stable_for_extreme_logits():
     # a naive log(sigmoid(.)) would give -inf / nan here.
     logits = torch.tensor([[1000.0, -1000.0]])
     levels = torch.tensor([[1.0, 1.0]])
-    loss = L.coral_loss(logits, levels)
+    loss = losses.coral_loss(logits, levels)
     assert torch.isfinite(loss)
     assert loss.item() == pytest.approx(1000.0, rel=1e-6)
 
 
 def test_coral_loss_rejects_shape_mismatch():
     with pytest.raises(ValueError):
-        L.coral_loss(torch.zeros(2, 3), torch.zeros(2, 4))
+        losses.coral_loss(torch.zeros(2, 3), torch.zeros(2, 4))
     with pytest.raises(ValueError):
-        L.coral_loss(torch.zeros(2, 3), torch.zeros(2, 3), importance_weights=torch.ones(4))
+        losses.coral_loss(torch.zeros(2, 3), torch.zeros(2, 3), importance_weights=torch.ones(4))
 
 
 # ---------------------------------------------------------------------------
@@ -144,7 +145,7 @@ def test_corn_loss_hand_value():
     # task 1: -log(1 - 1/2) - log(3/4)            = ln2 +   ln(4/3)
     # 5 (sample, task) pairs in all -> mean over 5
     want = (2 * math.log(2) + 3 * math.log(4 / 3)) / 5   # 0.44987...
-    assert L.corn_loss(logits, labels, 3).item() == pytest.approx(want, abs=1e-6)
+    assert losses.corn_loss(logits, labels, 3).item() == pytest.approx(want, abs=1e-6)
     assert ref_corn_loss(logits, labels, 3).item() == pytest.approx(want, abs=1e-6)
 
 
@@ -155,7 +156,7 @@ def test_corn_loss_matches_coral_pytorch(seed):
         # no sample above rank 9: tasks 10..38 have no training samples at all
         labels = labels % 10
     logits.requires_grad_(True)
-    got = L.corn_loss(logits, labels, 40)
+    got = losses.corn_loss(logits, labels, 40)
     (g_got,) = torch.autograd.grad(got, logits)
     want = ref_corn_loss(logits, labels, 40)
     (g_want,) = torch.autograd.grad(want, logits)
@@ -166,8 +167,8 @@ def test_corn_loss_matches_coral_pytorch(seed):
 def test_corn_loss_differs_from_coral_loss():
     # guards against corn_loss silently degenerating to the unconditional loss
     logits, labels = _random_case(5)
-    corn = L.corn_loss(logits, labels, 40)
-    coral = L.coral_loss(logits, L.levels_from_labels(labels, 40))
+    corn = losses.corn_loss(logits, labels, 40)
+    coral = losses.coral_loss(logits, losses.levels_from_labels(labels, 40))
     assert not torch.allclose(corn, coral)
 
 
@@ -181,7 +182,7 @@ def test_task_importance_weights_hand_values():
     #   k=1: S = #(y>1) = 2, m = max(2, 4) = 4
     #   k=2: S = #(y>2) = 1, m = max(1, 5) = 5
     # w = sqrt([3, 4, 5]) / sqrt(5)
-    got = L.task_importance_weights(torch.tensor([0, 0, 0, 1, 2, 3]), 4)
+    got = losses.task_importance_weights(torch.tensor([0, 0, 0, 1, 2, 3]), 4)
     want = torch.tensor([math.sqrt(3 / 5), math.sqrt(4 / 5), 1.0])
     assert got.shape == (3,)
     assert torch.allclose(got, want, atol=1e-6)
@@ -189,7 +190,7 @@ def test_task_importance_weights_hand_values():
 
 def test_task_importance_weights_missing_top_ranks():
     # K = 4, labels [0, 0, 1]: k=0: S=1, m=2; k=1: S=0, m=3; k=2: S=0, m=3
-    got = L.task_importance_weights(torch.tensor([0, 0, 1]), 4)
+    got = losses.task_importance_weights(torch.tensor([0, 0, 1]), 4)
     want = torch.tensor([math.sqrt(2 / 3), 1.0, 1.0])
     assert torch.allclose(got, want, atol=1e-6)
 
@@ -205,7 +206,7 @@ def test_task_importance_weights_random_against_loop():
         s = int((labels > t).sum())
         m.append(math.sqrt(max(s, n - s)))
     want = torch.tensor(m) / max(m)
-    got = L.task_importance_weights(labels, k)
+    got = losses.task_importance_weights(labels, k)
     assert torch.allclose(got, want, atol=1e-6)
     assert got.max().item() == pytest.approx(1.0)
     assert (got > 0).all()
@@ -223,54 +224,54 @@ def _nonincreasing(cum):
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_coral_layer_cumulative_probas_monotone(seed):
     torch.manual_seed(seed)
-    head = L.CoralLayer(32, 40)
+    head = heads.CoralLayer(32, 40)
     with torch.no_grad():
         head.coral_weights.weight.mul_(5.0)   # large random weights, still monotone
     x = 4.0 * torch.randn(128, 32)
-    cum = L.coral_probas(head(x))
+    cum = heads.coral_probas(head(x))
     assert _nonincreasing(cum)
     # and with random biases sorted in decreasing order (the trained regime)
     with torch.no_grad():
         head.coral_bias.copy_(torch.sort(3.0 * torch.randn(39), descending=True).values)
-    assert _nonincreasing(L.coral_probas(head(x)))
+    assert _nonincreasing(heads.coral_probas(head(x)))
 
 
 def test_monotonicity_check_catches_niu_head():
     # Negative control: independent per-task weights (Niu) are not rank-consistent,
     # so the check above is not vacuous.
     torch.manual_seed(0)
-    head = L.OrdinalHead(32, 40)
-    cum = L.coral_probas(head(torch.randn(128, 32)))
+    head = heads.OrdinalHead(32, 40)
+    cum = heads.coral_probas(head(torch.randn(128, 32)))
     assert not _nonincreasing(cum)
 
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_corn_cumulative_probas_monotone(seed):
     logits, _ = _random_case(seed)
-    cum = L.corn_cumulative_probas(logits)
+    cum = heads.corn_cumulative_probas(logits)
     assert _nonincreasing(cum)
     assert torch.allclose(cum[:, 0], torch.sigmoid(logits[:, 0]))
 
 
 def test_rank_probas_hand_values():
     # monotone CORAL: P(y>k) = [3/4, 1/2] -> P(y=k) = [1/4, 1/4, 1/2]
-    got = L.rank_probas_from_coral(torch.tensor([[LN3, 0.0]]))
+    got = heads.rank_probas_from_coral(torch.tensor([[LN3, 0.0]]))
     assert torch.allclose(got, torch.tensor([[0.25, 0.25, 0.5]]), atol=1e-6)
     # non-monotone: P(y>k) = [1/2, 3/4] -> raw [1/2, -1/4, 3/4]
     #   -> clamp [1/2, 0, 3/4] -> renormalise by 5/4 -> [0.4, 0, 0.6]
-    got = L.rank_probas_from_coral(torch.tensor([[0.0, LN3]]))
+    got = heads.rank_probas_from_coral(torch.tensor([[0.0, LN3]]))
     assert torch.allclose(got, torch.tensor([[0.4, 0.0, 0.6]]), atol=1e-6)
     # CORN: conditionals [1/2, 1/2] -> P(y>k) = [1/2, 1/4] -> [1/2, 1/4, 1/4]
-    got = L.rank_probas_from_corn(torch.tensor([[0.0, 0.0]]))
+    got = heads.rank_probas_from_corn(torch.tensor([[0.0, 0.0]]))
     assert torch.allclose(got, torch.tensor([[0.5, 0.25, 0.25]]), atol=1e-6)
 
 
-@pytest.mark.parametrize("loss_name", L.LOSSES)
+@pytest.mark.parametrize("loss_name", losses.LOSSES)
 def test_rank_probabilities_are_distributions(loss_name):
     k = 40
     g = torch.Generator().manual_seed(11)
-    logits = 3.0 * torch.randn(64, L.head_output_size(loss_name, k), generator=g)
-    p = L.rank_probabilities(logits, loss_name)
+    logits = 3.0 * torch.randn(64, losses.head_output_size(loss_name, k), generator=g)
+    p = heads.rank_probabilities(logits, loss_name)
     assert p.shape == (64, k)
     assert (p >= 0).all()
     assert torch.allclose(p.sum(dim=1), torch.ones(64), atol=1e-5)
@@ -279,8 +280,8 @@ def test_rank_probabilities_are_distributions(loss_name):
 def test_rank_probabilities_consistent_with_cumulative():
     # for a monotone head the tail sums of P(y=k) recover P(y>k) exactly
     torch.manual_seed(4)
-    logits = L.CoralLayer(16, 10)(torch.randn(8, 16))
-    p = L.rank_probabilities(logits, "coral")                       # (8, 10)
+    logits = heads.CoralLayer(16, 10)(torch.randn(8, 16))
+    p = heads.rank_probabilities(logits, "coral")                       # (8, 10)
     tail = p.flip(1).cumsum(1).flip(1)[:, 1:]                       # P(y > k), (8, 9)
     assert torch.allclose(tail, torch.sigmoid(logits), atol=1e-5)
 
@@ -295,7 +296,7 @@ def test_coral_predict_hand_values():
                            [1.0, 2.0, 3.0, 4.0],      # all        -> rank 4
                            [1.0, -1.0, 1.0, -1.0]])   # Niu-style non-monotone: counts 2
     want = torch.tensor([2, 0, 4, 2])
-    assert torch.equal(L.coral_predict(logits), want)
+    assert torch.equal(heads.coral_predict(logits), want)
     assert torch.equal(proba_to_label(torch.sigmoid(logits)), want)
 
 
@@ -305,44 +306,44 @@ def test_corn_predict_hand_values():
     logits = torch.tensor([[5.0, 5.0, -5.0, 5.0],
                            [0.2, 0.2, 0.2, 0.2]])
     want = torch.tensor([2, 1])
-    assert torch.equal(L.corn_predict(logits), want)
+    assert torch.equal(heads.corn_predict(logits), want)
     assert torch.equal(corn_label_from_logits(logits), want)
-    assert torch.equal(L.coral_predict(logits), torch.tensor([3, 4]))
+    assert torch.equal(heads.coral_predict(logits), torch.tensor([3, 4]))
 
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_predictions_match_coral_pytorch_random(seed):
     logits, _ = _random_case(seed)
-    assert torch.equal(L.coral_predict(logits), proba_to_label(torch.sigmoid(logits)))
-    assert torch.equal(L.corn_predict(logits), corn_label_from_logits(logits))
+    assert torch.equal(heads.coral_predict(logits), proba_to_label(torch.sigmoid(logits)))
+    assert torch.equal(heads.corn_predict(logits), corn_label_from_logits(logits))
 
 
 def test_ce_predict_modes():
     logits = torch.tensor([[0.0, 3.0, 1.0],
                            [5.0, 0.0, 0.0]])
-    assert torch.equal(L.ce_predict(logits), torch.tensor([1, 0]))
+    assert torch.equal(heads.ce_predict(logits), torch.tensor([1, 0]))
     # softmax = [1/2, 1/4, 1/4] -> E[rank] = 0*1/2 + 1*1/4 + 2*1/4 = 3/4
     probs = torch.tensor([[0.5, 0.25, 0.25], [1 / 3, 1 / 3, 1 / 3]])
-    exp = L.ce_predict(torch.log(probs), mode="expectation")
+    exp = heads.ce_predict(torch.log(probs), mode="expectation")
     assert exp.dtype == torch.float32
     assert torch.allclose(exp, torch.tensor([0.75, 1.0]), atol=1e-6)
     with pytest.raises(ValueError):
-        L.ce_predict(logits, mode="median")
+        heads.ce_predict(logits, mode="median")
 
 
 def test_predict_rank_dispatch():
     logits = torch.tensor([[5.0, 5.0, -5.0, 5.0],
                            [0.2, 0.2, 0.2, 0.2]])                  # (N, K-1), K = 5
-    assert torch.equal(L.predict_rank(logits, "coral"), torch.tensor([3, 4]))
-    assert torch.equal(L.predict_rank(logits, "ordinal"), torch.tensor([3, 4]))
-    assert torch.equal(L.predict_rank(logits, "corn"), torch.tensor([2, 1]))
+    assert torch.equal(heads.predict_rank(logits, "coral"), torch.tensor([3, 4]))
+    assert torch.equal(heads.predict_rank(logits, "ordinal"), torch.tensor([3, 4]))
+    assert torch.equal(heads.predict_rank(logits, "corn"), torch.tensor([2, 1]))
     ce_logits = torch.log(torch.tensor([[0.1, 0.2, 0.3, 0.4, 0.0001]]))
-    assert torch.equal(L.predict_rank(ce_logits, "ce"), torch.tensor([3]))
+    assert torch.equal(heads.predict_rank(ce_logits, "ce"), torch.tensor([3]))
     # E = 0.2 + 0.6 + 1.2 + 4 * 0.0001, normalised by the total 1.0001
-    e = L.predict_rank(ce_logits, "ce", ce_mode="expectation")
+    e = heads.predict_rank(ce_logits, "ce", ce_mode="expectation")
     assert e.item() == pytest.approx((0.2 + 0.6 + 1.2 + 0.0004) / 1.0001, abs=1e-5)
     with pytest.raises(ValueError):
-        L.predict_rank(logits, "mse")
+        heads.predict_rank(logits, "mse")
 
 
 # ---------------------------------------------------------------------------
@@ -351,8 +352,8 @@ def test_predict_rank_dispatch():
 
 @pytest.mark.parametrize("loss_name,width", [("ce", 40), ("ordinal", 39), ("coral", 39), ("corn", 39)])
 def test_heads_shapes(loss_name, width):
-    assert L.head_output_size(loss_name, 40) == width
-    head = L.make_head(loss_name, 512, 40)
+    assert losses.head_output_size(loss_name, 40) == width
+    head = heads.make_head(loss_name, 512, 40)
     out = head(torch.randn(7, 512))
     assert out.shape == (7, width)
 
@@ -361,26 +362,26 @@ def test_head_parameter_counts():
     # CORAL shares one weight vector: in + (K-1) params; Niu / CORN: (in + 1)(K-1); CE: (in + 1) K
     def count(m):
         return sum(p.numel() for p in m.parameters())
-    assert count(L.CoralLayer(512, 40)) == 512 + 39
-    assert count(L.OrdinalHead(512, 40)) == 513 * 39
-    assert count(L.CornHead(512, 40)) == 513 * 39
-    assert count(L.CEHead(512, 40)) == 513 * 40
-    assert isinstance(L.make_head("coral", 8, 5), L.CoralLayer)
-    assert isinstance(L.make_head("ordinal", 8, 5), L.OrdinalHead)
-    assert isinstance(L.make_head("corn", 8, 5), L.CornHead)
-    assert isinstance(L.make_head("ce", 8, 5), L.CEHead)
+    assert count(heads.CoralLayer(512, 40)) == 512 + 39
+    assert count(heads.OrdinalHead(512, 40)) == 513 * 39
+    assert count(heads.CornHead(512, 40)) == 513 * 39
+    assert count(heads.CEHead(512, 40)) == 513 * 40
+    assert isinstance(heads.make_head("coral", 8, 5), heads.CoralLayer)
+    assert isinstance(heads.make_head("ordinal", 8, 5), heads.OrdinalHead)
+    assert isinstance(heads.make_head("corn", 8, 5), heads.CornHead)
+    assert isinstance(heads.make_head("ce", 8, 5), heads.CEHead)
 
 
 def test_coral_layer_matches_coral_pytorch_layer():
     for preinit in (True, False):
-        ours = L.CoralLayer(16, 6, preinit_bias=preinit)
+        ours = heads.CoralLayer(16, 6, preinit_bias=preinit)
         ref = RefCoralLayer(16, 6, preinit_bias=preinit)
         assert torch.equal(ours.coral_bias.data, ref.coral_bias.data)
         ref.coral_weights.weight.data.copy_(ours.coral_weights.weight.data)
         x = torch.randn(5, 16)
         assert torch.allclose(ours(x), ref(x))
     # preinit biases strictly decreasing: (5, 4, 3, 2, 1) / 5
-    assert torch.allclose(L.CoralLayer(16, 6).coral_bias.data,
+    assert torch.allclose(heads.CoralLayer(16, 6).coral_bias.data,
                           torch.tensor([1.0, 0.8, 0.6, 0.4, 0.2]))
 
 
@@ -391,22 +392,22 @@ def test_compute_loss_dispatch():
     ord_logits = torch.randn(16, k - 1, generator=g)
     ce_logits = torch.randn(16, k, generator=g)
     levels = levels_from_labelbatch(labels, num_classes=k)
-    w = L.task_importance_weights(labels, k)
-    assert torch.allclose(L.compute_loss("ce", ce_logits, labels, k), F.cross_entropy(ce_logits, labels))
+    w = losses.task_importance_weights(labels, k)
+    assert torch.allclose(losses.compute_loss("ce", ce_logits, labels, k), F.cross_entropy(ce_logits, labels))
     for name in ("ordinal", "coral"):
-        assert torch.allclose(L.compute_loss(name, ord_logits, labels, k), ref_coral_loss(ord_logits, levels))
-        assert torch.allclose(L.compute_loss(name, ord_logits, labels, k, importance_weights=w),
+        assert torch.allclose(losses.compute_loss(name, ord_logits, labels, k), ref_coral_loss(ord_logits, levels))
+        assert torch.allclose(losses.compute_loss(name, ord_logits, labels, k, importance_weights=w),
                               ref_coral_loss(ord_logits, levels, importance_weights=w))
-    assert torch.allclose(L.compute_loss("corn", ord_logits, labels, k), ref_corn_loss(ord_logits, labels, k))
+    assert torch.allclose(losses.compute_loss("corn", ord_logits, labels, k), ref_corn_loss(ord_logits, labels, k))
     for name in ("ce", "corn"):
         with pytest.raises(ValueError):
             logits = ce_logits if name == "ce" else ord_logits
-            L.compute_loss(name, logits, labels, k, importance_weights=w)
+            losses.compute_loss(name, logits, labels, k, importance_weights=w)
     with pytest.raises(ValueError):
-        L.compute_loss("mse", ord_logits, labels, k)
+        losses.compute_loss("mse", ord_logits, labels, k)
 
 
-@pytest.mark.parametrize("loss_name", L.LOSSES)
+@pytest.mark.parametrize("loss_name", losses.LOSSES)
 def test_heads_train_end_to_end(loss_name):
     # a few SGD steps on a tiny separable problem must lower the loss and
     # backprop must reach every head parameter
@@ -414,12 +415,12 @@ def test_heads_train_end_to_end(loss_name):
     k, n = 5, 64
     labels = torch.arange(n) % k
     x = F.one_hot(labels, k).float() + 0.05 * torch.randn(n, k)
-    head = L.make_head(loss_name, k, k)
+    head = heads.make_head(loss_name, k, k)
     opt = torch.optim.SGD(head.parameters(), lr=0.5)
     first = None
     for _ in range(30):
         opt.zero_grad()
-        loss = L.compute_loss(loss_name, head(x), labels, k)
+        loss = losses.compute_loss(loss_name, head(x), labels, k)
         loss.backward()
         assert all(p.grad is not None for p in head.parameters())
         opt.step()
@@ -428,7 +429,7 @@ def test_heads_train_end_to_end(loss_name):
 
 
 def test_loss_names():
-    assert L.LOSSES == ("ce", "ordinal", "coral", "corn")
+    assert losses.LOSSES == ("ce", "ordinal", "coral", "corn")
 
 
 # ---------------------------------------------------------------------------
@@ -439,12 +440,12 @@ def test_prior_bias_hand_values():
     # K = 3, labels 0,1,1,2 -> smoothed counts (2, 3, 2) of 7
     labels = torch.tensor([0, 1, 1, 2])
     # ce: log(n_r / N)
-    torch.testing.assert_close(L.prior_bias("ce", labels, 3), torch.tensor([2 / 7, 3 / 7, 2 / 7]).log())
+    torch.testing.assert_close(losses.prior_bias("ce", labels, 3), torch.tensor([2 / 7, 3 / 7, 2 / 7]).log())
     # ordinal / coral: S = (5, 2) of 7 -> logit(5/7) = ln(5/2), logit(2/7) = ln(2/5)
     for name in ("ordinal", "coral"):
-        torch.testing.assert_close(L.prior_bias(name, labels, 3), torch.tensor([math.log(5 / 2), math.log(2 / 5)]))
+        torch.testing.assert_close(losses.prior_bias(name, labels, 3), torch.tensor([math.log(5 / 2), math.log(2 / 5)]))
     # corn: P(y>0) = 5/7 -> ln(5/2); P(y>1 | y>0) = 2/5 -> ln(2/3)
-    torch.testing.assert_close(L.prior_bias("corn", labels, 3), torch.tensor([math.log(5 / 2), math.log(2 / 3)]))
+    torch.testing.assert_close(losses.prior_bias("corn", labels, 3), torch.tensor([math.log(5 / 2), math.log(2 / 3)]))
 
 
 @pytest.mark.parametrize("loss_name", ["ce", "ordinal", "coral", "corn"])
@@ -452,8 +453,8 @@ def test_prior_bias_reproduces_training_distribution(loss_name):
     # a head that outputs only its bias predicts the (smoothed) training distribution
     k = 7
     labels = torch.tensor([0] * 5 + [1] * 20 + [2] * 40 + [3] * 10 + [5] * 3 + [6] * 2)  # rank 4 absent
-    bias = L.prior_bias(loss_name, labels, k)
-    assert bias.shape == (L.head_output_size(loss_name, k),) and torch.isfinite(bias).all()
-    probs = L.rank_probabilities(bias.unsqueeze(0), loss_name)[0]
+    bias = losses.prior_bias(loss_name, labels, k)
+    assert bias.shape == (losses.head_output_size(loss_name, k),) and torch.isfinite(bias).all()
+    probs = heads.rank_probabilities(bias.unsqueeze(0), loss_name)[0]
     counts = torch.bincount(labels, minlength=k).float() + 1
     torch.testing.assert_close(probs, counts / counts.sum(), rtol=1e-5, atol=1e-6)

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-import losses
-import ordinal
+from gender_age.nets import heads as losses
+from gender_age.nets import ordinal
 
 
 @pytest.mark.parametrize("loss,mode", [("ordinal", "argmax"), ("coral", "argmax"), ("corn", "argmax"),

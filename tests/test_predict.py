@@ -10,9 +10,9 @@ import shutil
 import pytest
 import torch
 
-import gender_age_classifier as gac
-import predict
-from checkpointing import CheckpointError, atomic_torch_save, load_checkpoint
+from gender_age.train import cli as gac
+from gender_age.predict import cli as predict
+from gender_age.core.checkpointing import CheckpointError, atomic_torch_save, load_checkpoint
 from conftest import make_folder_dataset, make_image
 
 

@@ -11,17 +11,18 @@ from pathlib import Path
 import pytest
 import torch
 
-import export
-import faces
-import predict
-import prediction_output
-import prediction_models
-import predictor
-from bench_predict import untrained_checkpoint
-from checkpointing import atomic_torch_save, load_checkpoint
+from gender_age.tools import export
+from gender_age.faces import videos
+import synthetic
+from gender_age.predict import cli as predict
+from gender_age.predict import annotate as prediction_output
+from gender_age.predict import onnx_backend as prediction_models
+from gender_age.predict import torch_backend as predictor
+from benchmarks.bench_predict import untrained_checkpoint
+from gender_age.core.checkpointing import atomic_torch_save, load_checkpoint
 from conftest import make_image
-from datasets import Preset
-from models import build_model
+from gender_age.data.transforms import Preset
+from gender_age.nets.models import build_model
 from test_faces import one_thread  # noqa: F401  (autouse: one torch thread)
 
 FAST = ["--no-detect", "--workers", "0", "--no-amp", "--device", "cpu"]
@@ -119,9 +120,9 @@ def test_a_folder_in_a_table_and_a_video(ckpts, tmp_path, capsys):
     assert code == 0 and header.split() == ["file", "face", "box", "gender", "age", "age_group"] and len(rows) == 3
     # a video, every frame predicted whole
     path = tmp_path / "clip.mp4"
-    writer = faces.VideoWriter(path, 5.0, (64, 48))
+    writer = videos.VideoWriter(path, 5.0, (64, 48))
     for i in range(3):
-        writer.write(faces.background((64, 48), i))
+        writer.write(synthetic.background((64, 48), i))
     writer.close()
     rows = records(capsys, path, "--checkpoint", ckpts["female26"], fmt="--csv")
     assert [(r["frame"], r["gender"], r["age"], r["age_group"]) for r in rows] == \

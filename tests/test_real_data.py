@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import json
 
-import gender_age_classifier as gac
-import predict
-import samples
+from gender_age.train import cli as gac
+from gender_age.predict import cli as predict
+from gender_age.data import samples
 
 
 def test_one_epoch_on_real_faces_then_predict(shared_data, tmp_path, capsys):
@@ -24,7 +24,6 @@ def test_one_epoch_on_real_faces_then_predict(shared_data, tmp_path, capsys):
 def test_real_utkface_genders_parse(shared_data):
     """The pretraining's labels on the real UTKFace names: the README's totals
     (12,390 male, 11,314 female) and the three names without a gender field."""
-    import datasets as ds
     every = samples.genders_from_utkface(shared_data / "utkface" / "UTKFace")
     assert every.classes == ["female", "male"]
     assert (every.targets.count(0), every.targets.count(1)) == (11314, 12390)

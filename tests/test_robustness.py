@@ -5,9 +5,9 @@ import shutil
 
 import pytest
 
-import checkpointing
-import gender_age_classifier as gac
-from checkpointing import atomic_torch_save, load_checkpoint
+from gender_age.core import checkpointing
+from gender_age.train import cli as gac
+from gender_age.core.checkpointing import atomic_torch_save, load_checkpoint
 
 FAST = ["--no-progress", "--workers", "0", "-b", "8", "-ep", "1", "--arch", "resnet18", "--resize", "40", "--crop", "32",
         "--ema-epochs", "0"]  # EMA off: see tests/test_train.py LIGHT

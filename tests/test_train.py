@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -14,10 +13,10 @@ import pytest
 import torch
 
 from conftest import ROOT, make_folder_dataset
-import gender_age_classifier as gac
-from checkpointing import load_checkpoint
-import engine
-import trainer
+from gender_age.train import cli as gac
+from gender_age.core.checkpointing import load_checkpoint
+from gender_age.train import engine
+from gender_age.train import run_folder as trainer
 
 FAST = ["--no-progress", "--workers", "0", "-b", "8"]
 # Behaviour that does not depend on the network runs on a small ResNet at 32x32:
@@ -145,7 +144,7 @@ def test_val_split_zero_validates_on_test(tiny_data, tmp_path):
 
 
 def test_dropout_is_off_in_evaluation(tiny_data, tmp_path):
-    from models import build_model
+    from gender_age.nets.models import build_model
     model = build_model("levi_hassner", 2).eval()
     x = torch.randn(2, 3, 227, 227)
     with torch.no_grad():
@@ -369,8 +368,8 @@ def _fake_checkpoint(model, classes, arch="levi_hassner"):
 
 
 def test_transfer_weights_copies_the_trunk_and_renews_a_foreign_head():
-    from checkpointing import CheckpointError, transfer_weights
-    from models import build_model, output_layer_names
+    from gender_age.core.checkpointing import CheckpointError, transfer_weights
+    from gender_age.nets.models import build_model, output_layer_names
 
     torch.manual_seed(0)
     source = build_model("levi_hassner", 2)
@@ -422,7 +421,7 @@ def test_init_from_starts_from_another_run(tiny_data, tmp_path, capsys):
 
 
 def test_model_selection_breaks_accuracy_ties_on_validation_loss():
-    from tasks import ClassificationTask, OrdinalTask
+    from gender_age.train.tasks import ClassificationTask, OrdinalTask
     task = ClassificationTask(["female", "male"])
     assert task.is_better(0.90, None)
     assert task.is_better(0.95, 0.90, 0.50, 0.10) and not task.is_better(0.85, 0.90, 0.01, 0.50)
