@@ -5,14 +5,11 @@ label helpers); the small known values are worked out by hand in comments
 using sigmoid(0) = 1/2, sigmoid(ln 3) = 3/4, sigmoid(-ln 3) = 1/4.
 """
 import math
-import os
-import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from gender_age.nets import heads
 from gender_age.train import losses  # noqa: E402
