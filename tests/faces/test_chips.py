@@ -39,7 +39,7 @@ from gender_age.predict import onnx_backend
 from gender_age.predict import torch_backend as predictor
 from benchmarks.bench_predict import untrained_checkpoint
 from gender_age.core.checkpointing import CheckpointError, atomic_torch_save, load_checkpoint
-from test_faces import one_thread  # noqa: F401  (autouse: one torch thread)
+from helpers import one_thread  # noqa: F401  (autouse: one torch thread)
 
 DOTS = ((255, 0, 0), (0, 0, 255), (0, 255, 0), (255, 0, 255), (0, 255, 255))  # eyes, nose, mouth corners
 QUIET = ["--no-progress", "--workers", "0", "--no-amp"]

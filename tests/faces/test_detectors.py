@@ -6,7 +6,6 @@ untrained checkpoints stand in for trained models.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 
 import numpy as np
@@ -21,7 +20,7 @@ from gender_age.core import images
 from gender_age.predict import cli as predict
 from benchmarks.bench_predict import untrained_checkpoint
 from gender_age.core.checkpointing import first_non_finite
-from conftest import ROOT
+from helpers import loaded_modules  # noqa: F401
 
 QUIET = ["--no-amp", "--csv"]
 
@@ -183,14 +182,6 @@ def test_video_frames_through_the_pool(crops, ckpt, tmp_path, capsys):
 
 
 # ---------------------------------------------------------------- start-up
-
-
-def loaded_modules(code: str) -> set:
-    """Of the heavy packages, those a python process has imported after running ``code``."""
-    probe = code + "\nimport sys; print(sorted(m for m in ('torch', 'torchvision', 'cv2', 'onnxruntime', " \
-                   "'facenet_pytorch', 'yuface') if m in sys.modules))"
-    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True).stdout
-    return set(eval(out.strip().splitlines()[-1]))  # noqa: S307 - our own printed list
 
 
 def test_no_detect_imports_no_detector_opencv_onnx_or_torchvision(ckpt, tmp_path):

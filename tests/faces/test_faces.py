@@ -25,19 +25,10 @@ from benchmarks.bench_predict import untrained_checkpoint
 from gender_age.core import images
 from gender_age.predict import torch_backend as predictor
 from gender_age.core.checkpointing import load_checkpoint
-from test_behaviour import checkpoint_logits, ordinal_rank
+from helpers import checkpoint_logits, ordinal_rank
+from helpers import one_thread  # noqa: F401
 
 NO_AMP = ["--no-amp", "--workers", "0"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: MTCNN's many small convolutions ran 25x slower with 2 threads on a
-    2-core machine busy with other work (0.8 s vs 0.03 s per photo)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

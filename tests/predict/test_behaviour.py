@@ -27,14 +27,13 @@ from gender_age.data import transforms
 from gender_age.train import engine
 from gender_age.faces import geometry as faces
 from gender_age.train import cli as gac
-from gender_age.core import images
 from gender_age.predict import units as inference
 from gender_age.predict import cli as predict
 from gender_age.train import trainer
 from gender_age.core.checkpointing import load_checkpoint
 from conftest import make_folder_dataset
-from gender_age.nets.models import build_model
 from gender_age.train.tasks import ClassificationTask, OrdinalTask
+from helpers import checkpoint_logits, ordinal_rank, decode  # noqa: F401
 
 # a small ResNet at 32x32, fp32, evaluated and saved every 3 epochs; nothing else set,
 # so the learning rate, its schedule, the optimizer, dropout, the validation share
@@ -45,35 +44,6 @@ EPOCHS = 6
 
 
 # ---- helpers shared with test_exact_age.py and test_faces.py -------------------------
-
-def checkpoint_logits(ckpt: dict, batch: torch.Tensor, state: str = "model_state", amp: bool = False) -> torch.Tensor:
-    """uint8 (N,3,R,R) -> float logits of a checkpoint's weights (``state``) on the centre crop,
-    by a plain eval-mode forward pass (channels_last and bf16 as the toolkit runs it)."""
-    preset = transforms.Preset.from_dict(ckpt["preprocess"])
-    model = build_model(**ckpt["model_args"])
-    model.load_state_dict(ckpt[state])
-    model.eval().to(memory_format=torch.channels_last)
-    x = preset.eval_batch(batch).contiguous(memory_format=torch.channels_last)
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
-        return model(x).float()
-
-
-def ordinal_rank(logits: torch.Tensor, loss: str, ce_mode: str = "argmax") -> torch.Tensor:
-    """The rank each ordinal head decodes to, written out from the papers' rules:
-    ce: the most probable rank, or the expected one; coral/ordinal: the number of
-    P(y > k) over 1/2, with P(y > k) = sigmoid (coral, ordinal) or its running product (corn)."""
-    if loss == "ce":
-        if ce_mode == "expectation":
-            return logits.softmax(1) @ torch.arange(logits.shape[1], dtype=logits.dtype)
-        return logits.argmax(1)
-    p = torch.sigmoid(logits)
-    if loss == "corn":
-        p = torch.cumprod(p, 1)
-    return (p > 0.5).sum(1)
-
-
-def decode(paths, size: int) -> torch.Tensor:
-    return torch.stack([images.decode_resized(p, size) for p in paths])
 
 
 def metrics_by_hand(ckpt: dict, paths, targets, state: str = "model_state") -> dict:

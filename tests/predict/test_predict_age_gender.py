@@ -23,7 +23,7 @@ from gender_age.core.checkpointing import atomic_torch_save, load_checkpoint
 from conftest import make_image
 from gender_age.data.transforms import Preset
 from gender_age.nets.models import build_model
-from test_faces import one_thread  # noqa: F401  (autouse: one torch thread)
+from helpers import one_thread  # noqa: F401  (autouse: one torch thread)
 
 FAST = ["--no-detect", "--workers", "0", "--no-amp", "--device", "cpu"]
 GENDERS = ["female", "male"]

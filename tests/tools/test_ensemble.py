@@ -13,7 +13,7 @@ from gender_age.tools import export
 from gender_age.train import cli as gac
 from gender_age.core.checkpointing import load_checkpoint
 from gender_age.predict.torch_backend import Predictor
-from test_age_gender import LIGHT, make_sources, source_args
+from helpers import LIGHT, make_sources, source_args
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from gender_age.predict import cli as predict
 from benchmarks.bench_predict import untrained_checkpoint
 from gender_age.core.checkpointing import CheckpointError
 from conftest import make_image
-from test_faces import one_thread  # noqa: F401  (autouse: one torch thread)
+from helpers import one_thread  # noqa: F401  (autouse: one torch thread)
 from gender_age.predict import onnx_backend as prediction_models  # noqa: E402
 from gender_age.predict import torch_backend as predictor  # noqa: E402
 
@@ -172,7 +172,7 @@ def test_bad_onnx_files_are_one_line_errors(exported, tmp_path, capsys):
 def test_onnx_models_alone_never_import_torch(exported, capsys):
     """predict.py with ONNX models only (gender + exact age), with detection (yunet) or without,
     runs on onnxruntime and numpy: torch is never imported, and the records are the checkpoints'."""
-    from test_detectors import loaded_modules
+    from helpers import loaded_modules
     gender, exact = exported["gender"][1], exported["exact"][1]
     argv = [str(exported["inputs"]), "--gender-checkpoint", str(gender), "--exact-age-checkpoint", str(exact),
             "--json", "--workers", "0"]

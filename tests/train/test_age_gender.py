@@ -3,10 +3,8 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
 import urllib.error
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -18,14 +16,11 @@ from gender_age.train import losses
 from gender_age.train import pretrained
 from gender_age.data import sources
 from gender_age.core.checkpointing import CheckpointError, load_checkpoint
-from conftest import make_image
 from gender_age.nets.models import build_model
 from gender_age.data.samples import DatasetError
 from gender_age.data.samples import MISSING
 from gender_age.train.tasks import AgeGenderTask, OrdinalTask
-
-LIGHT = ["--arch", "resnet18", "--resize", "40", "--crop", "32", "--no-progress", "--workers", "0", "-b", "8",
-         "--face-chips", "off", "--framing-sample", "0"]
+from helpers import LIGHT, make_sources, source_args  # noqa: F401
 
 
 def make_task(k=5, gw=1.0, aw=1.0):
@@ -86,42 +81,6 @@ def test_age_groups_parse(text, expected):
 def test_age_groups_refused(bad):
     with pytest.raises(age_groups.AgeGroupError):
         age_groups.parse(bad)
-
-
-def make_sources(root: Path) -> dict:
-    """A UTKFace folder (names, CORAL-style test CSV), a gender tree and an age-group tree, IMDB-WIKI names."""
-    utk = root / "utk" / "UTKFace"
-    names = [f"{age}_{g}_0_2017010{i}.jpg.chip.jpg" for i, (age, g) in
-             enumerate([(22, 0), (25, 1), (30, 0), (35, 1), (50, 0), (55, 1), (5, 0), (70, 1)] * 2)]
-    for i, name in enumerate(names):
-        make_image(utk / name.replace("0_2017", f"{i}_2017"), i % 2, seed=i)
-    files = sorted(p.name for p in utk.iterdir())
-    with open(root / "utk" / "utk_test.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["", "file", "age"])
-        for j, name in enumerate(files[:4]):
-            w.writerow([j, name, int(name.split("_")[0]) - 21])
-    (utk / "39_1_20170116174525125.jpg.chip.jpg").write_bytes((utk / files[5]).read_bytes())  # no gender field
-    for split, n in (("train", 4), ("test", 2)):
-        for c, name in enumerate(("female", "male")):
-            for i in range(n):
-                make_image(root / "g" / split / name / f"{100 + i}_1990-03-01_2015.jpg", c, seed=50 + c * 10 + i +
-                           (5 if split == "test" else 0))
-        for c, (name, year) in enumerate((("old", 1960), ("young", 1990))):
-            for i in range(n):
-                make_image(root / "a" / split / name / f"{200 + i}_{year}-03-01_2014.jpg", c, seed=90 + c * 10 + i +
-                           (5 if split == "test" else 0))
-    # a test image of the gender tree copied into the age tree's training folder: a leak
-    leak = root / "a" / "train" / "young" / "999_1991-03-01_2015.jpg"
-    shutil.copy(root / "g" / "test" / "male" / "100_1990-03-01_2015.jpg", leak)
-    make_image(root / "a" / "train" / "old" / "no_age_name.jpg", 0, seed=3)
-    return {"utk": root / "utk", "g": root / "g", "a": root / "a", "leak": leak}
-
-
-def source_args(d: dict, **kw) -> SimpleNamespace:
-    base = dict(source=[f"utkface={d['utk']}", f"gender={d['g']}", f"age-groups={d['a']}"],
-                age_groups=age_groups.DEFAULT, min_age=None, max_age=None, val_split=0.25, seed=0)
-    return SimpleNamespace(**{**base, **kw})
 
 
 def test_sources_labels_splits_and_leakage(tmp_path):

@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from gender_age.data import loading
-from gender_age.data import selection
 from gender_age.data import transforms
 from gender_age.faces import geometry as faces
 from gender_age.train import cli as gac
@@ -23,7 +22,7 @@ from gender_age.train import trainer
 from gender_age.core.checkpointing import CheckpointError, load_checkpoint
 from conftest import make_folder_dataset
 from gender_age.train.tasks import OrdinalTask
-from test_exact_age import age_csvs  # noqa: F401  (fixture)
+from helpers import age_csvs  # noqa: F401  (fixture)
 
 TINY = ["--no-progress", "--workers", "0", "-b", "8"]
 

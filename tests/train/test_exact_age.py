@@ -13,8 +13,9 @@ from gender_age.nets import heads as losses
 from gender_age.core.checkpointing import load_checkpoint
 from conftest import make_image
 from gender_age.train.tasks import OrdinalTask
-from test_behaviour import checkpoint_logits, decode, ordinal_rank
+from helpers import checkpoint_logits, decode, ordinal_rank
 from gender_age.data import samples
+from helpers import age_csvs  # noqa: F401
 
 LIGHT = ["--arch", "resnet18", "--resize", "40", "--crop", "32", "--no-progress", "--workers", "0", "-b", "8"]
 
@@ -80,24 +81,6 @@ def test_ordinal_metrics_by_hand():
     assert m["mae"] == pytest.approx(5 / 3) and m["rmse"] == pytest.approx((13 / 3) ** 0.5)
     assert m["cs5"] == 1.0 and m["n"] == 3
     assert task.is_better(1.0, 2.0) and not task.is_better(3.0, 2.0)
-
-
-@pytest.fixture
-def age_csvs(tmp_path):
-    """A tiny UTKFace-like folder with the paper's CSV layout (rank = age - 21)."""
-    img = tmp_path / "UTKFace"
-    rows = {"train": [], "test": []}
-    for i in range(24):
-        age = 21 + (i % 8) * 5
-        name = f"{age}_{i % 2}_0_2017010{i:03d}.jpg.chip.jpg"
-        make_image(img / name, (i % 8) // 3, i)
-        rows["test" if i % 4 == 0 else "train"].append((i, name, age - 21))
-    for split, rs in rows.items():
-        with open(tmp_path / f"utk_{split}.csv", "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["", "file", "age"])
-            w.writerows(rs)
-    return tmp_path
 
 
 @pytest.mark.parametrize("loss", ["coral", "corn", "ordinal", "ce"])
