@@ -14,11 +14,11 @@ test:
 	py=$$(bash scripts/setup.sh) && $$py -m pytest -q -n auto --dist worksteal tests
 
 bench:
-	py=$$(bash scripts/setup.sh) && $$py bench.py $(ARGS)
+	py=$$(bash scripts/setup.sh) && $$py -m benchmarks.bench $(ARGS)
 
 bench-age:
-	py=$$(bash scripts/setup.sh) && $$py bench_age.py $(ARGS)
+	py=$$(bash scripts/setup.sh) && $$py -m benchmarks.bench_age $(ARGS)
 
 # the general age-gender model beside the peer (trains runs/general first; ARGS="--skip-train" to compare only)
 bench-general:
-	py=$$(bash scripts/setup.sh) && $$py bench_general.py $(ARGS)
+	py=$$(bash scripts/setup.sh) && $$py -m benchmarks.bench_general $(ARGS)

@@ -7,16 +7,16 @@
 #               ages 21-60, at most a few images per age
 #   predict     predict.py with face detection on a photo and a video made from the data
 #               (a test crop pasted on a background), the gender and exact-age models together
-#   export      export.py to ONNX (checked against PyTorch)
+#   export      gender_age.tools.export to ONNX (checked against PyTorch)
 #   predict-onnx  predict.py --onnx on the same photo and video (onnxruntime runs on the CPU)
 #   age-gender  1 epoch of the dual-task model (ResNet-18 at 64 px, gender and exact-age heads) on two
 #               sources at once: the gender tree and utkface/ (generated with a test CSV when absent)
 #   age-gender-predict  predict.py --tta with that one checkpoint on the test crops, photo and video
-#   age-gender-export   export.py of both heads to ONNX (checked against PyTorch)
+#   age-gender-export   gender_age.tools.export of both heads to ONNX (checked against PyTorch)
 # It ends with one line per step: its rate in images/s (training: the last epoch's, from the run's
 # metrics.jsonl; prediction: records over wall time, start-up included) and beside it the compute-only
 # rate of the same network on the same device and precision (synthetic batches, no data loading;
-# scripts/gpu_check_helper.py says why this is not bench.py's).
+# scripts/gpu_check_helper.py says why this is not benchmarks/bench.py's).
 #
 #   bash scripts/gpu_check.sh          # on a CUDA machine; without a GPU: a one-line error, exit 2
 #   bash scripts/gpu_check.sh --cpu    # the same steps on the CPU on tiny generated data (CI runs it:

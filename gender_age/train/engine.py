@@ -163,16 +163,46 @@ def mixup(x: torch.Tensor, y: torch.Tensor, alpha: float, gen: torch.Generator):
     return x.mul(lam).add_(x[perm], alpha=1.0 - lam), y, y[perm], lam
 
 
+def train_step(model, optimizer, scheduler, x, y, state: dict, b: int, args, ctx):
+    """One optimisation step on a uint8 batch: augment, forward, loss, backward, step. Returns
+    the logits (for the running statistics); the loss goes to ``state["iter_losses"]``."""
+    device, preset, task, gen = ctx["device"], ctx["preset"], ctx["task"], ctx["aug_gen"]
+    x = x.to(device, non_blocking=True)
+    y = y.to(device, non_blocking=True)
+    # crop + flip (+ colour) + normalise on the device, from the CPU generator's draws
+    x = preset.train_batch_strong(x, gen) if args.aug == "strong" else preset.train_batch(x, gen)
+    if ctx["channels_last"]:
+        x = x.contiguous(memory_format=torch.channels_last)
+    mix = args.mixup > 0 and task.kind == "classification"
+    if mix:
+        x, y, y_partner, lam = mixup(x, y, args.mixup, gen)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp):
+        logits = model(x)
+    loss = task.loss(logits, y)
+    if mix:
+        loss = lam * loss + (1.0 - lam) * task.loss(logits, y_partner)
+    loss_value = loss.item()
+    check_finite_loss(loss_value, state, b, ctx)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    if ctx["ema"] is not None:
+        ctx["ema"].update_parameters(model.module if hasattr(model, "module") else model)
+    if args.schedule == "onecycle":
+        scheduler.step()
+    state["iter_losses"].append(loss_value)
+    return logits, y
+
+
 def train_one_epoch(model, optimizer, scheduler, data, state: dict, args, ctx) -> dict:
     """One epoch (or the rest of an interrupted one). ``state`` is resumable:
     epoch, next_batch, the running statistics, and the aug generator."""
     model.train()
-    device, preset, task = ctx["device"], ctx["preset"], ctx["task"]
+    task = ctx["task"]
     order = epoch_order(len(data), args.seed, state["epoch"], ctx["rank"], ctx["world"])
     per_proc = max(1, args.batch_size // ctx["world"])
     n_batches = steps_per_epoch(len(data), args, ctx["world"])
     start = state["next_batch"]
-    gen = ctx["aug_gen"]
     bar = None
     if show_progress(args.no_progress, ctx["rank"]):
         bar = tqdm(total=n_batches, initial=start, desc=f"epoch {state['epoch'] + 1}/{args.epochs}",
@@ -180,37 +210,14 @@ def train_one_epoch(model, optimizer, scheduler, data, state: dict, args, ctx) -
     t0, imgs = time.perf_counter(), 0
     running = state["running"]
     batches = iterate_batches(data, order[start * per_proc:n_batches * per_proc], per_proc,
-                              ctx["workers"], device.type == "cuda")
+                              ctx["workers"], ctx["device"].type == "cuda")
     for b, (x, y) in enumerate(batches, start=start):
         if stop_requested(ctx):
             state["next_batch"] = b
             raise StopRequested
         if len(y) == 0:
             continue
-        x = x.to(device, non_blocking=True)
-        y = y.to(device, non_blocking=True)
-        # crop + flip (+ colour) + normalise on the device, from the CPU generator's draws
-        x = preset.train_batch_strong(x, gen) if args.aug == "strong" else preset.train_batch(x, gen)
-        if ctx["channels_last"]:
-            x = x.contiguous(memory_format=torch.channels_last)
-        mix = args.mixup > 0 and task.kind == "classification"
-        if mix:
-            x, y, y_partner, lam = mixup(x, y, args.mixup, gen)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp):
-            logits = model(x)
-        loss = task.loss(logits, y)
-        if mix:
-            loss = lam * loss + (1.0 - lam) * task.loss(logits, y_partner)
-        loss_value = loss.item()
-        check_finite_loss(loss_value, state, b, ctx)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if ctx["ema"] is not None:
-            ctx["ema"].update_parameters(model.module if hasattr(model, "module") else model)
-        if args.schedule == "onecycle":
-            scheduler.step()
-        state["iter_losses"].append(loss_value)
+        logits, y = train_step(model, optimizer, scheduler, x, y, state, b, args, ctx)
         stats = task.stats(logits.detach().float().cpu(), y.cpu())
         running = stats if running is None else running + stats
         state["running"] = running

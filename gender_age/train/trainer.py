@@ -108,11 +108,22 @@ def write_outputs(ckpt: dict, out: Path, ctx) -> None:
                           out / "performance.png", "accuracy", f"{name}: accuracy")
 
 
+def validate(model, val_data, record: dict, args, ctx) -> tuple[bool, str]:
+    """Evaluate the weights that are kept (the EMA's when there is one) on validation, add
+    the figures to the epoch's ``record`` and keep ctx["best"]; (is it the best, its log text)."""
+    task, metric, epoch_no = ctx["task"], ctx["task"].select_metric, record["epoch"]
+    val = evaluate(ctx["ema"].module if ctx["ema"] else model, val_data, args, ctx)
+    record.update({f"val_{k}": v for k, v in val.items() if k not in ("confusion", "n")})
+    is_best = task.is_better(val[metric], ctx["best"]["value"], val["loss"], ctx["best"].get("loss"))
+    if is_best:
+        ctx["best"] = {"value": val[metric], "metric": metric, "epoch": epoch_no, "loss": val["loss"]}
+    return is_best, f" | val {task.describe(val)}{' (best)' if is_best else ''}"
+
+
 def train_loop(model, optimizer, scheduler, train_data, val_data, state, history, ctx, args, out, log):
     stopper = ctx["stopper"]
     stopper.install()
-    rank, task = ctx["rank"], ctx["task"]
-    metric = task.select_metric
+    rank = ctx["rank"]
 
     def save(path_names):
         ranks = all_gather_objects(rank_state(state, ctx))  # every process takes part
@@ -141,12 +152,7 @@ def train_loop(model, optimizer, scheduler, train_data, val_data, state, history
             last = epoch_no == args.epochs
             is_best, val_desc = False, ""
             if epoch_no % args.eval_every == 0 or last:
-                val = evaluate(ctx["ema"].module if ctx["ema"] else model, val_data, args, ctx)
-                record.update({f"val_{k}": v for k, v in val.items() if k not in ("confusion", "n")})
-                is_best = task.is_better(val[metric], ctx["best"]["value"], val["loss"], ctx["best"].get("loss"))
-                if is_best:
-                    ctx["best"] = {"value": val[metric], "metric": metric, "epoch": epoch_no, "loss": val["loss"]}
-                val_desc = f" | val {task.describe(val)}{' (best)' if is_best else ''}"
+                is_best, val_desc = validate(model, val_data, record, args, ctx)
             train_desc = " ".join(f"{k[6:]} {v:.4f}" for k, v in stats.items()
                                   if k.startswith("train_") and k[6:] in ("loss", "acc", "mae"))
             log(f"epoch {epoch_no:3d}/{args.epochs}: train {train_desc}{val_desc} | lr {lr:.2e} | "
