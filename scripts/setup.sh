@@ -22,7 +22,7 @@ fi
 
 # Link the shared data (read-only, never committed) into the default folders.
 shared="$(realpath -m "${GAC_SHARED_DATA:-$here/../shared/data}")"
-for d in gender-data age-data utkface; do
+for d in gender-data age-data utkface fairface-540; do
   if [ ! -e "$d" ] && [ -d "$shared/$d" ]; then
     ln -s "$shared/$d" "$d"
     echo "setup: linked $d -> $shared/$d" >&2

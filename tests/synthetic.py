@@ -1,4 +1,5 @@
-"""synthetic: split from faces.py (docstring to write)."""
+"""Synthetic photos for tests, benchmarks and scripts/gpu_check.sh: face-free
+backgrounds, and face crops pasted onto them at known places."""
 from __future__ import annotations
 
 import numpy as np

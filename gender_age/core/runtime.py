@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 import torch
 import torch.distributed as dist
@@ -128,3 +129,33 @@ def show_progress(disabled: bool, rank: int = 0) -> bool:
     """Progress bars only on rank 0 and only for a terminal: in a log file their
     carriage returns leave fragments (the per-epoch lines say the same)."""
     return rank == 0 and not disabled and sys.stderr.isatty()
+
+
+def progress_mode(disabled: bool, rank: int = 0) -> str | None:
+    """How a long preparation (face chips, decoding) reports: "bar" for a terminal, "lines"
+    (plain lines, ProgressLines) for a log file or pipe, None with --no-progress or off rank 0."""
+    if disabled or rank != 0:
+        return None
+    return "bar" if sys.stderr.isatty() else "lines"
+
+
+class ProgressLines:
+    """Progress as plain lines on stderr, for logs: 'decode: 120/1200 images (10%), 85.3 images/s',
+    at every further 10% of ``total`` and at least every ``every_s`` seconds (checked per update)."""
+
+    def __init__(self, total: int, desc: str, every_s: float = 30.0, stream=None):
+        self.total, self.desc, self.every_s = total, desc, every_s
+        self.stream = stream
+        self.done, self.next_step = 0, 1
+        self.start = self.last = time.perf_counter()
+
+    def update(self, n: int) -> None:
+        self.done += n
+        now = time.perf_counter()
+        step = self.done * 10 // max(self.total, 1)
+        if step < self.next_step and now - self.last < self.every_s:
+            return
+        self.next_step, self.last = step + 1, now
+        rate = self.done / max(now - self.start, 1e-9)
+        print(f"{self.desc}: {self.done}/{self.total} images ({100 * self.done // max(self.total, 1)}%), "
+              f"{rate:.1f} images/s", file=self.stream or sys.stderr, flush=True)

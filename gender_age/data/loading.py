@@ -1,4 +1,8 @@
-"""loading: split from datasets.py (docstring to write)."""
+"""Loading a run's images: decoded once into memory (``CachedImages``) or every epoch in
+workers when memory is short (``StreamingImages``; ``choose_cache_mode``), unreadable
+files found, listed and skipped (``check_files``, ``report_bad``), and the batch order
+of an epoch, sharded over processes (``epoch_order``, ``iterate_batches``).
+"""
 from __future__ import annotations
 
 import csv
@@ -12,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from gender_age.core.checkpointing import atomic_write_text
 from gender_age.core.images import BadImageError, decode_resized
-from gender_age.core.runtime import all_gather_objects
+from gender_age.core.runtime import ProgressLines, all_gather_objects
 from gender_age.data.samples import DatasetError, SampleSet
 
 
@@ -44,20 +48,35 @@ def _keep_items(batch):
     return batch  # a list of (i, object|None, error|None): no stacking, bad items stay visible
 
 
-def load_all(paths: Sequence[str], load, workers: int, progress: bool = False, desc: str = "decode"):
-    """Apply ``load`` to every path in ``workers`` processes, in order.
+def load_all(paths: Sequence[str], load, workers: int, progress=False, desc: str = "decode"):
+    """Apply ``load`` to every path in ``workers`` processes, in order (``progress``: see progress_meter).
     Yields (index, result|None, error|None); bad images never raise."""
     loader = DataLoader(_LoadFiles(paths, load), batch_size=16, num_workers=workers,
                         collate_fn=_keep_items, persistent_workers=False)
-    if progress:
-        from tqdm import tqdm
-        loader = tqdm(loader, desc=desc, unit="batch", leave=False)
-    for batch in loader:
-        for i, out, err in batch:
-            yield i, torch.from_numpy(out) if isinstance(out, np.ndarray) else out, err
+    meter = progress_meter(progress, len(paths), desc)
+    try:
+        for batch in loader:
+            if meter is not None:
+                meter.update(len(batch))
+            for i, out, err in batch:
+                yield i, torch.from_numpy(out) if isinstance(out, np.ndarray) else out, err
+    finally:
+        if hasattr(meter, "close"):
+            meter.close()
 
 
-def decode_all(paths: Sequence[str], size: int, workers: int, progress: bool = False, load=None):
+def progress_meter(progress, total: int, desc: str):
+    """What counts a preparation's images: a tqdm bar (``progress`` True or "bar"), plain lines at
+    every 10% and every 30 s ("lines", runtime.ProgressLines: logs and pipes), or None."""
+    if not progress or not total:
+        return None
+    if progress == "lines":
+        return ProgressLines(total, desc)
+    from tqdm import tqdm
+    return tqdm(total=total, desc=desc, unit="img", leave=False)
+
+
+def decode_all(paths: Sequence[str], size: int, workers: int, progress=False, load=None):
     """Decode every path once to uint8 (3, size, size), in parallel (``load``: path -> that
     tensor, instead of ``decode_resized``; face_chips.py reads chips with it)."""
     yield from load_all(paths, load or partial(decode_resized, size=size), workers, progress)
@@ -104,7 +123,7 @@ class CachedImages(Dataset):
     Indexing returns (uint8 (3,R,R), target).
     """
 
-    def __init__(self, samples: SampleSet, size: int, workers: int = 0, progress: bool = False,
+    def __init__(self, samples: SampleSet, size: int, workers: int = 0, progress=False,
                  rank: int = 0, world: int = 1, load=None):
         # under torchrun each process decodes every world-th image, then all exchange them
         self.classes = samples.classes
@@ -165,13 +184,13 @@ def collate_skip_bad(batch):
     return torch.stack([b[0] for b in batch]), torch.stack([b[1] for b in batch])
 
 
-def check_files(paths: Sequence[str], workers: int = 0) -> list:
+def check_files(paths: Sequence[str], workers: int = 0, progress=False) -> list:
     """Cheap pre-flight check for streaming mode: header and full decode of each file.
 
     Returns [(path, reason)] for the bad ones.
     """
     bad = []
-    for i, img, err in decode_all(paths, 8, workers):
+    for i, img, err in load_all(paths, partial(decode_resized, size=8), workers, progress, "check"):
         if img is None:
             bad.append((paths[i], err))
     return bad

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import dataclasses
+import random
 from dataclasses import dataclass
 from pathlib import Path
 from gender_age.data import sources
@@ -29,16 +30,48 @@ from gender_age.data.transforms import Preset
 # Which samples a run uses
 # --------------------------------------------------------------------------
 
-def limit_per_class(samples: SampleSet, n: int | None) -> SampleSet:
+def limit_per_class(samples: SampleSet, n: int | None, key=lambda target: target) -> SampleSet:
+    """The first ``n`` samples of each class (``key`` of a target: its class)."""
     if not n:
         return samples
-    seen: dict[int, int] = {}
+    seen: dict = {}
     keep = []
     for i, t in enumerate(samples.targets):
-        if seen.get(t, 0) < n:
-            seen[t] = seen.get(t, 0) + 1
+        k = key(t)
+        if seen.get(k, 0) < n:
+            seen[k] = seen.get(k, 0) + 1
             keep.append(i)
     return samples.subset(keep)
+
+
+def source_gender_group(target: tuple) -> tuple:
+    """age-gender's class for --max-per-class: the source, the gender and the age group (one of
+    them is MISSING for most sources)."""
+    gender, _, source, group = target
+    return source, gender, group
+
+
+# --dry-run: at most this many images per split, drawn before face chips, decoding and hashing
+# (two batches of the largest recipe batch train, the checks run on the others)
+DRY_RUN_IMAGES = {"train": 256, "val": 64, "test": 64}
+
+
+def dry_run_subset(samples: SampleSet | None, n: int, seed: int) -> SampleSet | None:
+    """A seeded random ``n`` of ``samples`` (in their order), so that every class likely stays."""
+    if samples is None or len(samples) <= n:
+        return samples
+    keep = sorted(random.Random(seed).sample(range(len(samples)), n))
+    return samples.subset(keep)
+
+
+def cap_for_dry_run(sel: "Selection", args) -> "Selection":
+    """The selection of a --dry-run: DRY_RUN_IMAGES per split."""
+    if not getattr(args, "dry_run", False):
+        return sel
+    seed = split_seed(args)
+    return dataclasses.replace(sel, train=dry_run_subset(sel.train, DRY_RUN_IMAGES["train"], seed),
+                               val=dry_run_subset(sel.val, DRY_RUN_IMAGES["val"], seed),
+                               test=dry_run_subset(sel.test, DRY_RUN_IMAGES["test"], seed))
 
 
 def exact_age_samples(args, test_only: bool = False) -> tuple[SampleSet, SampleSet, list]:
@@ -123,6 +156,11 @@ class Selection:
 
 
 def select_samples(args, task: str, classes: list | None = None) -> Selection:
+    """The samples of a run (see all_samples), at most DRY_RUN_IMAGES per split with --dry-run."""
+    return cap_for_dry_run(all_samples(args, task, classes), args)
+
+
+def all_samples(args, task: str, classes: list | None = None) -> Selection:
     """The samples of a run, from its arguments: structure only (one-line
     DatasetErrors), nothing decoded. The validation split is a seeded,
     stratified --val-split share of the training samples.
@@ -134,7 +172,9 @@ def select_samples(args, task: str, classes: list | None = None) -> Selection:
         if classes is not None and list(found) != list(classes):
             raise DatasetError(f"the data's ages are {found[0]}-{found[-1]}, the checkpoint's {classes[0]}-"
                                f"{classes[-1]}: check --min-age/--max-age")
-        return Selection(list(found), train, val, test, problems, names)
+        n, key = getattr(args, "max_per_class", None), source_gender_group
+        return Selection(list(found), limit_per_class(train, n, key), val and limit_per_class(val, n, key),
+                         limit_per_class(test, n, key), problems, names)
     if classes is not None:
         return test_selection(args, task, classes)
     if task == "exact-age":
@@ -191,7 +231,7 @@ def test_selection(args, task: str, classes: list) -> Selection:
 # Batches
 # --------------------------------------------------------------------------
 
-def build_split(samples: SampleSet, preset: Preset, mode: str, workers: int, progress: bool,
+def build_split(samples: SampleSet, preset: Preset, mode: str, workers: int, progress,
                 rank: int = 0, world: int = 1, load=None):
     """SampleSet -> (dataset, bad list): decoded into memory (the decoding shared
     by the processes of a torchrun), or streaming. ``load``: path -> uint8
@@ -199,6 +239,6 @@ def build_split(samples: SampleSet, preset: Preset, mode: str, workers: int, pro
     if mode == "memory":
         data = CachedImages(samples, preset.resize, workers, progress, rank, world, load)
         return data, data.bad
-    bad = check_files(samples.paths, workers)
+    bad = check_files(samples.paths, workers, progress)
     data = StreamingImages(drop_bad(samples, bad), preset.resize, load)
     return data, bad

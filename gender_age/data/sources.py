@@ -4,8 +4,13 @@ Each ``--source KIND=DIR`` gives its own labels; a label a source lacks is
 MISSING, which masks that head's loss for the image (tasks.AgeGenderTask):
 
 * ``utkface=DIR``: DIR/UTKFace/ names give age and gender. The test split is
-  the CORAL paper's DIR/utk_test.csv (ages 21-60); every other UTKFace image,
-  of any age, trains.
+  the CORAL paper's DIR/utk_test.csv (ages 21-60) and, so that every age is
+  measured, a held-out share of the images in neither CORAL CSV (DIR/utk_train.csv,
+  DIR/utk_test.csv; mostly ages under 21 and over 60): such an image is a test
+  image when the first 8 bytes of the blake2b digest of its file name, read as a
+  big-endian integer, modulo 100 are below HELD_OUT_PERCENT (20). The rule is
+  deterministic and needs no seed; a missing utk_train.csv counts as empty.
+  Every other UTKFace image, of any age, trains.
 * ``gender=DIR``: an ImageFolder tree DIR/{train,test}/<gender>/ (female, male);
   IMDB-WIKI names (``<id>_<birth>_<year>.jpg``) also give the age.
 * ``age-groups=DIR``: an ImageFolder tree DIR/{train,test}/<group>/ whose
@@ -16,14 +21,18 @@ MISSING, which masks that head's loss for the image (tasks.AgeGenderTask):
 Targets are (gender, age rank, source index, age group index), MISSING where
 unknown. Validation is a seeded stratified --val-split share of each source's
 training images. No test image leaks into training: training images whose
-bytes equal those of any test image (of any source) are dropped and counted.
+bytes equal those of any test image (of any source) are dropped, and so are
+near-copies of a test image (resized or saved again: leakage.near_copies, a
+16 x 16 thumbnail correlation of at least 0.99); both are counted in the log.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gender_age.data import age_groups
+import hashlib
+
+from gender_age.data import age_groups, leakage
 from gender_age.core.images import BadImageError, file_digest
 from gender_age.data.samples import DatasetError, SampleSet, ages_from_csv, ages_from_names, parse_imdb_wiki_name, parse_utkface_gender, scan_image_folder, split_seed, stratified_split
 from gender_age.data.samples import MISSING
@@ -33,6 +42,8 @@ DEFAULT_SOURCES = ("utkface=utkface", "gender=gender-data", "age-groups=age-data
 GENDERS = ["female", "male"]  # sorted, as ImageFolder sorts the original's gender folders
 GENDER_NAMES = {"female": 0, "male": 1, "women": 0, "men": 1, "woman": 0, "man": 1, "f": 0, "m": 1}
 UTKFACE_TEST_OFFSET = 21  # the CORAL CSVs store age - 21
+DRY_RUN_PER_SOURCE = 128  # --dry-run: training images per source (a quarter of it for test)
+HELD_OUT_PERCENT = 20  # of the UTKFace images in neither CORAL CSV: the all-ages test share
 
 
 @dataclass
@@ -48,6 +59,12 @@ class Labelled:
         self.genders.append(gender)
         self.ages.append(age)
         self.groups.append(group)
+
+    def thinned(self, n: int) -> "Labelled":
+        """At most ``n`` of the images, evenly spread over the list (--dry-run)."""
+        keep = range(len(self.paths)) if len(self.paths) <= n else \
+            [i * len(self.paths) // n for i in range(n)]
+        return Labelled(*([values[i] for i in keep] for values in (self.paths, self.genders, self.ages, self.groups)))
 
 
 def parse_source(text: str) -> tuple[str, Path]:
@@ -65,19 +82,37 @@ def imdb_age(path) -> int:
         return MISSING
 
 
+def held_out(name: str) -> bool:
+    """The all-ages test rule for a UTKFace image in neither CORAL CSV (see the module's docstring)."""
+    digest = hashlib.blake2b(name.strip().encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") % 100 < HELD_OUT_PERCENT
+
+
+def csv_names(csv_path: Path, image_dir: Path) -> set:
+    """The image names a CORAL CSV lists (empty when it does not exist)."""
+    if not csv_path.is_file():
+        return set()
+    rows = ages_from_csv(csv_path, image_dir, "file", "age", UTKFACE_TEST_OFFSET)
+    return {Path(p).name for p in rows.paths}
+
+
 def utkface_splits(folder: Path) -> tuple[Labelled, Labelled, list]:
-    """(train, test, problems): the CORAL test CSV, and every other UTKFace image for training."""
+    """(train, test, problems): the CORAL test CSV plus the held-out share of the images in neither
+    CORAL CSV for testing (every age), every other UTKFace image for training."""
     image_dir = folder / "UTKFace"
     everything = ages_from_names(image_dir, "utkface")
     test_rows = ages_from_csv(folder / "utk_test.csv", image_dir, "file", "age", UTKFACE_TEST_OFFSET)
     test_paths = {str(Path(p)) for p in test_rows.paths}
+    listed = {Path(p).name for p in test_rows.paths} | csv_names(folder / "utk_train.csv", image_dir)
     train, test = Labelled(), Labelled()
     for path, age in zip(everything.paths, everything.ages):
         try:
             gender = GENDERS.index(parse_utkface_gender(Path(path).name))
         except ValueError:
             gender = MISSING  # three names lack the field: the image still teaches age
-        (test if str(Path(path)) in test_paths else train).add(path, gender, age)
+        name = Path(path).name
+        to_test = str(Path(path)) in test_paths or (name not in listed and held_out(name))
+        (test if to_test else train).add(path, gender, age)
     return train, test, everything.problems + test_rows.problems
 
 
@@ -126,7 +161,8 @@ def to_samples(parts: list[Labelled], lo: int, hi: int, classes: list, name: str
 
 
 def drop_test_copies(train: SampleSet, test: SampleSet, log) -> SampleSet:
-    """Training images whose bytes equal a test image's are dropped (logged with their count)."""
+    """Training images whose bytes equal a test image's, and near-copies of a test image (resized or
+    saved again: leakage.near_copies), are dropped; the log line gives both counts."""
     def digest(p):
         try:
             return file_digest(p)
@@ -134,8 +170,11 @@ def drop_test_copies(train: SampleSet, test: SampleSet, log) -> SampleSet:
             return None  # unreadable: the decoder reports it later
     test_digests = {digest(p) for p in test.paths} - {None}
     keep = [i for i, p in enumerate(train.paths) if digest(p) not in test_digests]
-    log(f"sources: dropped {len(train) - len(keep)} training image(s) whose content equals a test image's")
-    return train.subset(keep)
+    near = set(leakage.near_copies([train.paths[i] for i in keep], test.paths))
+    kept = [i for j, i in enumerate(keep) if j not in near]
+    log(f"sources: dropped {len(train) - len(keep)} training image(s) whose content equals a test image's "
+        f"and {len(near)} near-copies of a test image (thumbnail correlation >= {leakage.THRESHOLD})")
+    return train.subset(kept)
 
 
 def stratum(target: tuple) -> tuple:
@@ -167,6 +206,9 @@ def select(args, log=print, test_only: bool = False):
     if hi <= lo:
         raise DatasetError(f"age range {lo}-{hi} is empty: check --min-age/--max-age")
     classes = [str(a) for a in range(lo, hi + 1)]
+    if getattr(args, "dry_run", False):  # a few images of each source, before any is hashed or decoded
+        trains = [part.thinned(DRY_RUN_PER_SOURCE) for part in trains]
+        tests = [part.thinned(DRY_RUN_PER_SOURCE // 4) for part in tests]
     names = {"genders": list(GENDERS), "sources": [{"kind": k, "dir": str(f)} for k, f in specs],
              "age_groups": groups}
     test = to_samples(tests, lo, hi, classes, "test")

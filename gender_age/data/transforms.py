@@ -1,4 +1,8 @@
-"""transforms: split from datasets.py (docstring to write)."""
+"""``Preset``: all preprocessing after the one decode step, on uint8 tensors, batch-wise and
+on any device: random crop + flip (and, for ``--aug strong``, scale, position and colour)
+for training, the centre crop (or 10 views) for evaluation, then normalisation. Its numpy
+twin for prediction is ``presets.EvalPreset``, whose crops it shares.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,4 +1,10 @@
-"""chips: split from faces.py (docstring to write)."""
+"""Face chips: how a model sees a face, the same in training and prediction.
+
+A ``ChipSpec`` (mode, size, margin, framing) is part of a model. ``face_chip`` cuts one
+face: with landmarks, a least-squares similarity onto the five-point ``TEMPLATE``
+(``fit_similarity``, ``warp_square``), so rolled faces come out upright; otherwise the
+square around the box that the training images' framing implies (``crop_geometry``).
+"""
 from __future__ import annotations
 
 import math

@@ -1,4 +1,4 @@
-"""drawing: split from faces.py (docstring to write)."""
+"""Drawing face boxes and their labels onto a copy of an image (``--annotate``)."""
 from __future__ import annotations
 
 from PIL import Image, ImageDraw, ImageFont

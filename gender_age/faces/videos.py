@@ -1,4 +1,6 @@
-"""video: split from faces.py (docstring to write)."""
+"""Videos: reading frames (every N-th predicted, the others carried for the annotated
+copy) with per-frame size checks, and writing the annotated video (OpenCV).
+"""
 from __future__ import annotations
 
 import numpy as np

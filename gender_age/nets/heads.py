@@ -1,4 +1,12 @@
-"""heads: split from losses.py (docstring to write)."""
+"""Ordinal heads and their decoding rules on tensors.
+
+Heads: ``CoralLayer`` (CORAL: one shared weight vector, K-1 biases), ``OrdinalHead``
+(Niu et al.: K-1 independent binary tasks), ``CornHead`` (CORN: conditional
+probabilities) and ``CEHead`` (K-way softmax); ``make_head`` picks one by loss name.
+Decoding: ``predict_rank`` and ``rank_probabilities`` turn a head's logits (N, K-1) or
+(N, K) into ranks and rank probabilities by each paper's rule (``nets/ordinal.py`` has
+the same rules in numpy for prediction without torch).
+"""
 from __future__ import annotations
 
 import torch

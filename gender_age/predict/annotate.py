@@ -1,4 +1,6 @@
-"""annotate: split from prediction_output.py (docstring to write)."""
+"""``--annotate OUT_DIR``: copies of the inputs with each face's box and labels drawn,
+images as they come and videos frame by frame, never over a file it did not write.
+"""
 from __future__ import annotations
 
 import os

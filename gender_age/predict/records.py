@@ -199,13 +199,16 @@ class RecordStream:
         self.held = []
 
     def close(self) -> None:
-        """Print what is held (after an interrupt too) and close a JSON list."""
+        """Print what is held (after an interrupt too) and close a JSON list. With no record at
+        all, JSON is still a list (``[]``) and CSV still has its header."""
         if self.located is None:
             self.located = False
         self._print(self.held)
         self.held = []
-        if self.fmt == "json" and self.count:
-            self.out.write("\n]\n")
+        if self.fmt == "json":
+            self.out.write("\n]\n" if self.count else "[]\n")
+        elif self.fmt == "csv" and not self.count:
+            self.out.write(self._header())
 
     def _print(self, records: list[dict]) -> None:
         if not records:

@@ -1,4 +1,8 @@
-"""units: split from inference.py (docstring to write)."""
+"""What prediction works on: a ``Unit`` per image or video frame, with its ``Region``s
+(detected faces, the whole image, or a 'no face' marker), each cut once per chip spec of
+the models in use by ``alignment.face_chip``, the function that made the training chips
+(``find_regions``).
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field

@@ -45,10 +45,11 @@ from gender_age.data import transforms
 from gender_age.faces import alignment
 from gender_age.faces import detectors
 from gender_age.faces import geometry
+from gender_age.train import config
 from gender_age.core.checkpointing import atomic_write, load_checkpoint
 from gender_age.core.images import BadImageError, decode_resized, file_digest, load_rgb
 from gender_age.nets.metadata import check_metadata
-from gender_age.core.runtime import all_gather_objects, show_progress
+from gender_age.core.runtime import all_gather_objects, progress_mode
 from gender_age.data.samples import split_seed
 
 CHIP_VERSION = 1  # bump when chips come out differently for the same spec (the cache then starts afresh)
@@ -62,11 +63,12 @@ def add_args(g) -> None:
     g.add_argument("--face-chips", default=None, choices=alignment.CHIP_MODES,
                    help="aligned: train on MTCNN-aligned face chips of every image (made once, cached), as "
                         "predict.py cuts faces for the model; off: the images as they are (default: off, the "
-                        "original's behaviour; age-gender: aligned, one framing for all sources)")
+                        "original's behaviour; age-gender: aligned, one framing for all sources); "
+                        + config.describe_default("face_chips"))
     g.add_argument("--chip-margin", type=float, default=None,
                    help="aligned chips: space around the face template on each side, as a fraction of the "
-                        "template's face square (default: 0.25; age-gender: 0.05, which measured better on "
-                        "validation, docs/results.md)")
+                        "template's face square (age-gender's measured better on validation, docs/results.md); "
+                        + config.describe_default("chip_margin"))
     g.add_argument("--no-face", default="center", choices=("center", "skip"),
                    help="aligned chips: an image without a detectable face is centre-cropped (what predict.py "
                         "--detect auto does with a face crop whose face it misses) or skipped (as --detect on)")
@@ -164,12 +166,27 @@ def check_cache(folder: Path) -> None:
                               f"with --chip-cache") from None
 
 
+MTCNN_INSTALL = "pip install --no-deps facenet-pytorch==2.6.0 requests"
+
+
+def check_detector() -> None:
+    """A one-line DatasetError, before any data is read, when MTCNN (facenet-pytorch) cannot be
+    imported: the two things that work for training."""
+    try:
+        import facenet_pytorch  # noqa: F401
+    except ImportError as e:
+        raise selection.DatasetError(f"--face-chips aligned needs facenet-pytorch's MTCNN detector, which cannot "
+                                     f"be imported ({e}): {MTCNN_INSTALL}, or train with --face-chips off") from None
+
+
 def make_detector():
     """MTCNN, or a one-line DatasetError when it cannot be used."""
+    check_detector()
     try:
         return detectors.make_detector("mtcnn")
     except geometry.FaceError as e:
-        raise selection.DatasetError(f"--face-chips aligned needs the MTCNN detector: {e}") from None
+        raise selection.DatasetError(f"--face-chips aligned needs the MTCNN detector ({e}); train with "
+                                     f"--face-chips off instead") from None
 
 
 def chip_all(paths: list, spec: alignment.ChipSpec, args, env) -> tuple[dict, dict]:
@@ -180,7 +197,7 @@ def chip_all(paths: list, spec: alignment.ChipSpec, args, env) -> tuple[dict, di
     mine = paths[env["rank"]::env["world"]]
     made, failed, start = {}, {}, time.perf_counter()
     work = partial(chip_entry, spec=spec, folder=folder, detector=make_detector())
-    progress = show_progress(args.no_progress, env["rank"])
+    progress = progress_mode(args.no_progress, env["rank"])
     for i, entry, err in loading.load_all(mine, work, min(env["workers"], len(mine) // 16), progress, "face chips"):
         if err is None:
             made[mine[i]] = entry

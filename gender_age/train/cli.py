@@ -42,8 +42,18 @@ from gender_age.train.config import ArgumentError, validate_args
 from gender_age.core.checkpointing import CheckpointError, load_checkpoint
 from gender_age.train.engine import Stopper, TrainingDiverged, make_ema, make_optimizer, make_scheduler, steps_per_epoch
 from gender_age.nets.models import ARCHITECTURES, build_model
-from gender_age.train.run_setup import base_context, describe_run, load_data, make_model, make_preset, make_task, start_runtime
+from gender_age.train.run_setup import (base_context, describe_run, load_data, make_model, make_preset, make_task,
+                                        preflight, start_runtime)
 from gender_age.core.runtime import DeviceError, shutdown_distributed
+
+
+# what "from the data" comes to with the default data
+AGES_FROM_DATA = "exact-age on the CORAL UTKFace split: 21-60; age-gender on UTKFace names: 1-116"
+
+
+def default_of(key: str, ordinal_only: bool = False) -> str:
+    """A recipe-filled flag's default by task, from the recipe tables (config.describe_default)."""
+    return settings.describe_default(key, ordinal_only)
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -54,7 +64,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Train a gender, age-group or exact-age model.", add_help=add_help,
+    p = argparse.ArgumentParser(description="Train a gender, age-group, exact-age or gender-and-age (--task age-gender) model.", add_help=add_help,
                                 formatter_class=HelpFormatter)
     add_original_args(p)
     add_exact_age_args(p.add_argument_group("exact age (--task exact-age, age-gender)"))
@@ -68,38 +78,40 @@ def add_original_args(p) -> None:
     """The original script's flags first, then the model and optimisation ones."""
     p.add_argument("-a", "--age", action="store_true", help="train the age-group model on age-data/ instead of gender")
     p.add_argument("-b", "--batch-size", type=int, default=None,
-                   help="images per step, all processes together (default: 64; exact age: 128)")
-    p.add_argument("-ep", "--epochs", type=int, default=None, help="number of epochs (default: 64; exact age: 14)")
+                   help="images per step, all processes together; " + default_of("batch_size"))
+    p.add_argument("-ep", "--epochs", type=int, default=None, help="number of epochs; " + default_of("epochs"))
     p.add_argument("-sgd", "--sgd", action="store_true", help="SGD with momentum 0.9 instead of Adam")
     p.add_argument("--task", default=None, choices=("gender", "age", "exact-age", "age-gender"),
                    help="what to learn (default: gender, or age with -a); age-gender: one network with a "
                         "gender and an exact-age head, on several --source's at once")
-    p.add_argument("--lr", type=float, default=None, help="initial (one-cycle: peak) learning rate "
-                                                          "(default: 1e-3; exact age: 2e-3)")
+    p.add_argument("--lr", type=float, default=None, help="initial (one-cycle: peak) learning rate; "
+                                                          + default_of("lr"))
     p.add_argument("--lr-step", type=int, default=5, help="decay the learning rate every this many epochs")
-    p.add_argument("--lr-gamma", type=float, default=None, help="learning-rate decay factor (default: 0.9)")
-    p.add_argument("--weight-decay", type=float, default=None, help="L2 weight decay (default: 0; exact age: 0.05, "
-                                                                    "decoupled as AdamW's)")
+    p.add_argument("--lr-gamma", type=float, default=None, help="learning-rate decay factor; " + default_of("lr_gamma"))
+    p.add_argument("--weight-decay", type=float, default=None, help="L2 weight decay (decoupled with AdamW); "
+                                                                    + default_of("weight_decay"))
     p.add_argument("--label-smoothing", type=float, default=0.0, help="cross-entropy label smoothing")
     p.add_argument("--aug", default=None, choices=("original", "strong"),
                    help="original: RandomCrop + flip, as the original; strong: also random scale, position "
-                        "and colour (default: original; --task age-gender: strong, better on its validation)")
+                        "and colour (age-gender: strong, better on its validation); " + default_of("aug"))
     p.add_argument("--arch", default=None, choices=ARCHITECTURES,
-                   help="network (default: levi_hassner; exact age: resnet18, the paper recipe resnet34)")
+                   help="network; " + default_of("arch"))
     p.add_argument("--resize", type=int, default=None,
-                   help="side of the decoded square (default: 256 for levi_hassner and the resnets; exact age: 68)")
+                   help="side of the decoded square; " + default_of("resize") + " (another --arch than the "
+                        "recipe's: 256)")
     p.add_argument("--crop", type=int, default=None,
-                   help="network input side (default: 227 for levi_hassner, 224 for the resnets; exact age: 64)")
+                   help="network input side; " + default_of("crop") + " (another --arch than the recipe's: 227 "
+                        "for levi_hassner, 224 for the resnets)")
     p.add_argument("--optimizer", default=None, choices=("adam", "adamw", "sgd"),
-                   help="default: adam (-sgd picks sgd); exact age: adamw")
+                   help="-sgd picks sgd; " + default_of("optimizer"))
     p.add_argument("--schedule", default=None, choices=("step", "onecycle"),
-                   help="step: lr x lr-gamma every lr-step epochs; onecycle: one-cycle per iteration "
-                        "(default: step; exact age: onecycle)")
+                   help="step: lr x lr-gamma every lr-step epochs; onecycle: one-cycle per iteration; "
+                        + default_of("schedule"))
     p.add_argument("--dropout", type=float, default=None,
-                   help="dropout of the fully connected layers (default: 0.5; exact age: 0)")
+                   help="dropout of the fully connected layers; " + default_of("dropout"))
     p.add_argument("--ema-epochs", type=float, default=None,
                    help="evaluate, keep and predict with an exponential moving average of the weights, with "
-                        "a time constant of this many epochs; 0 = off, the raw weights (default: 5; exact age: 1)")
+                        "a time constant of this many epochs; 0 = off, the raw weights; " + default_of("ema_epochs"))
     p.add_argument("--mixup", type=float, default=0.0, metavar="ALPHA",
                    help="mixup (Zhang et al. 2018) with a Beta(ALPHA, ALPHA) mixing weight, classification "
                         "only (0 = off)")
@@ -116,14 +128,14 @@ def add_exact_age_args(g) -> None:
                    help="the defaults of every unset flag: cpu, measured on a 2-core CPU (ResNet-18, 64 px, "
                         "14 epochs, one-cycle AdamW); paper, the CORAL paper's (ResNet-34, 120 px, 200 epochs)")
     g.add_argument("--loss", default=None, choices=("ce", "ordinal", "coral", "corn"),
-                   help="ordinal loss (default: ordinal, Niu et al.; the paper recipe: coral)")
+                   help="ordinal loss (ordinal: Niu et al.); " + default_of("loss", True))
     g.add_argument("--imp-weight", type=int, default=0, choices=(0, 1),
                    help="CORAL paper's task importance weighting (1 = on)")
     g.add_argument("--bias-init", default="prior", choices=("prior", "default"),
                    help="start the head's biases at the training label prior (default) or at the "
                         "layer's own initialisation (CORAL: (K-1..1)/(K-1))")
     g.add_argument("--ce-mode", default=None, choices=("argmax", "expectation"),
-                   help="how --loss ce predicts an age (default: expectation; the paper recipe: argmax)")
+                   help="how --loss ce predicts an age; " + default_of("ce_mode", True))
     g.add_argument("--dataset", default=None, choices=("imagefolder", "utkface", "csv", "imdb-wiki"),
                    help="utkface: ages from UTKFace names (with the paper's CSV split when its files exist; "
                         "the default for exact age), or with the gender task genders from the names and a "
@@ -141,8 +153,10 @@ def add_exact_age_args(g) -> None:
     g.add_argument("--csv-age-offset", type=int, default=None,
                    help="added to the CSV age column (the CORAL paper's CSVs store age - min age; "
                         "default 21 for utkface's CSVs, else 0)")
-    g.add_argument("--min-age", type=int, default=None, help="youngest age (rank 0); default: from the data")
-    g.add_argument("--max-age", type=int, default=None, help="oldest age; default: from the data")
+    g.add_argument("--min-age", type=int, default=None, help="youngest age (rank 0); default: the youngest "
+                   "training image's (" + AGES_FROM_DATA + ")")
+    g.add_argument("--max-age", type=int, default=None, help="oldest age; default: the oldest training "
+                   "image's (" + AGES_FROM_DATA + ")")
     g.add_argument("--random-split", type=float, default=None, metavar="FRACTION",
                    help="ignore the CSV split: a seeded random test split of this share over all ages")
 
@@ -185,9 +199,9 @@ def add_run_args(p) -> None:
                    help="bf16 autocast; default: on for CUDA GPUs of compute capability 8.0 or newer and for "
                         "CPUs with AMX/AVX512-BF16 (2.4x faster training measured here), off elsewhere")
     p.add_argument("--eval-every", type=int, default=None,
-                   help="evaluate every this many epochs, and after the last (default: 5; exact age: 1)")
+                   help="evaluate every this many epochs, and after the last; " + default_of("eval_every"))
     p.add_argument("--save-every", type=int, default=None,
-                   help="save checkpoint<epoch>.tar every this many epochs (default: 5; exact age: 7)")
+                   help="save checkpoint<epoch>.tar every this many epochs; " + default_of("save_every"))
     p.add_argument("--resume", nargs="?", const="last", default=None, metavar="PATH",
                    help="continue a run: from checkpoint_last.tar of --checkpoint-dir, or from PATH")
     p.add_argument("--test-only", action="store_true",
@@ -199,8 +213,11 @@ def add_run_args(p) -> None:
                         "split; default: test)")
     p.add_argument("--strict", action="store_true", help="stop on unreadable images instead of skipping them")
     p.add_argument("--max-per-class", type=int, default=None,
-                   help="use at most this many images per class and split (quick experiments)")
-    p.add_argument("--dry-run", action="store_true", help="one epoch of two batches: check that everything runs")
+                   help="use at most this many images per class and split (quick experiments; age-gender: per "
+                        "source, gender and age group)")
+    p.add_argument("--dry-run", action="store_true", help="one epoch of two batches on at most a few hundred images (train "
+                   f"{selection.DRY_RUN_IMAGES['train']}, val and test {selection.DRY_RUN_IMAGES['test']} each): check "
+                   "that everything runs")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--overwrite", action="store_true",
                    help="start a new run in a --checkpoint-dir that holds another run: its files are replaced "
@@ -242,7 +259,9 @@ def main(args, given: set[str] | None = None) -> dict:
     given = settings.given_flags(args, get_args_parser()) if given is None else given
     run_folder.use_temporary_folder(args)
     name, out, source = settings.resolve(args, given)
+    settings.check_task_flags(given, name, args.dataset)
     validate_args(args)
+    preflight(args, source)
     env = start_runtime(args)
     log, rank, world = env["log"], env["rank"], env["world"]
     torch.manual_seed(args.seed)

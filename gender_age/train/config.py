@@ -20,6 +20,7 @@ from pathlib import Path
 
 from gender_age.core.checkpointing import CheckpointError, check_trainable, load_checkpoint
 from gender_age.data.samples import DatasetError
+from gender_age.nets.models import default_input_geometry
 from gender_age.train.run_folder import latest_checkpoint
 
 # The recipe fills every flag left unset. Gender and age groups train with the
@@ -149,23 +150,79 @@ def checkpoint_to_use(args, out: Path) -> Path:
     return out / "model_best.tar" if args.test_only else latest_checkpoint(out)
 
 
+def task_recipe(name: str, recipe: str = "cpu") -> dict:
+    """Every value the recipe gives a ``name`` run's unset flags (``recipe``: --recipe, for the
+    ordinal tasks); resize and crop absent where the network's own input size applies."""
+    ordinal = name in ORDINAL_TASKS
+    return {**LAST_RESORT, **RECIPES[recipe if ordinal else "original"],
+            **(AGE_GENDER.get(recipe, {}) if name == "age-gender" else {}),
+            "dataset": "utkface" if ordinal else "imagefolder",
+            "face_chips": "aligned" if name == "age-gender" else "off",
+            # age-gender: UTKFace's tight crops fill its chips (docs/results.md)
+            "chip_margin": AGE_GENDER_CHIP_MARGIN if name == "age-gender" else CHIP_MARGIN}
+
+
 def resolve_defaults(args, name: str) -> None:
-    """Fill every unset flag from the task's recipe (RECIPES), in place (arg_checks checks them)."""
-    ordinal = name in ("exact-age", "age-gender")
+    """Fill every unset flag from the task's recipe (task_recipe), in place (validate_args checks them)."""
     if args.sgd and args.optimizer is None:
         args.optimizer = "sgd"
-    recipe = {**LAST_RESORT, **RECIPES[args.recipe if ordinal else "original"],
-              **(AGE_GENDER.get(args.recipe, {}) if name == "age-gender" else {})}
+    recipe = task_recipe(name, args.recipe)
     other_arch = args.arch not in (None, recipe["arch"])
     for key, value in recipe.items():
         if getattr(args, key) is None and not (other_arch and key in ("resize", "crop")):
             setattr(args, key, value)  # another network keeps its own input size
-    args.dataset = args.dataset or ("utkface" if ordinal else "imagefolder")
-    args.face_chips = args.face_chips or ("aligned" if name == "age-gender" else "off")
-    if args.chip_margin is None:  # age-gender: UTKFace's tight crops fill its chips (docs/results.md)
-        args.chip_margin = AGE_GENDER_CHIP_MARGIN if name == "age-gender" else CHIP_MARGIN
     if args.dry_run:
         args.epochs = 1
+
+
+def describe_default(key: str, ordinal_only: bool = False) -> str:
+    """A recipe-filled flag's default as each task uses it, for --help: 'default: gender, age: 64;
+    exact-age: 14; age-gender: 40; --recipe paper: 200'."""
+    def shown(name, recipe="cpu"):
+        value = task_recipe(name, recipe).get(key)
+        if value is None and key in ("resize", "crop"):
+            value = default_input_geometry(task_recipe(name, recipe)["arch"])[key == "crop"]
+        return "-" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+    parts = [] if ordinal_only else [f"gender, age: {shown('gender')}"]
+    parts += [f"exact-age: {shown('exact-age')}", f"age-gender: {shown('age-gender')}"]
+    if key in RECIPES["paper"]:
+        parts.append(f"--recipe paper: {shown('exact-age', 'paper')}")
+    return "default: " + "; ".join(parts)
+
+
+TASKS = ("gender", "age", "exact-age", "age-gender")
+ORDINAL_TASKS = ("exact-age", "age-gender")
+# flags (argparse destinations) that act for some tasks only; every other flag acts for all four.
+# Given to another task, such a flag is refused before any data is read (check_task_flags).
+TASK_FLAGS = {
+    "age": ("age",),
+    "label_smoothing": ("gender", "age"), "mixup": ("gender", "age"),
+    **dict.fromkeys(("recipe", "loss", "imp_weight", "bias_init", "ce_mode"), ORDINAL_TASKS),
+    **dict.fromkeys(("dataset", "data_dir"), ("gender", "age", "exact-age")),
+    **dict.fromkeys(("image_dir", "random_split"), ("gender", "exact-age")),
+    **dict.fromkeys(("min_age", "max_age"), ("gender", "exact-age", "age-gender")),
+    **dict.fromkeys(("train_csv", "test_csv", "path_column", "age_column", "csv_age_offset"), ("exact-age",)),
+    **dict.fromkeys(("source", "age_groups", "gender_weight", "age_weight"), ("age-gender",)),
+}
+# the gender task reads these with --dataset utkface only (genders from UTKFace names)
+UTKFACE_GENDER_FLAGS = ("image_dir", "random_split", "min_age", "max_age")
+DATA_HINT = {"age-gender": " (age-gender reads its data from --source KIND=DIR)"}
+
+
+def check_task_flags(given: set[str], name: str, dataset: str | None) -> None:
+    """ArgumentError for the first given flag that does nothing for task ``name`` (TASK_FLAGS), or
+    that the gender task reads only with --dataset utkface."""
+    for dest in sorted(given):
+        flag = "--" + dest.replace("_", "-")
+        tasks = TASK_FLAGS.get(dest, TASKS)
+        if name not in tasks:
+            hint = DATA_HINT.get(name, "") if dest in ("dataset", "data_dir", "train_csv", "test_csv",
+                                                        "image_dir", "random_split") else ""
+            raise ArgumentError(f"{flag} does nothing with --task {name}{hint}: it acts with --task "
+                                f"{' or '.join(tasks)}; drop it")
+        if name == "gender" and dest in UTKFACE_GENDER_FLAGS and dataset != "utkface":
+            raise ArgumentError(f"{flag} does nothing with --task gender --dataset {dataset or 'imagefolder'}: "
+                                f"it acts with --dataset utkface (genders from UTKFace names); drop it")
 
 
 def resolve(args, given: set[str]) -> tuple[str, Path, Path | None]:

@@ -26,14 +26,34 @@ def imagenet_weights(arch: str):
 def fetch_imagenet(arch: str) -> dict:
     """The ImageNet state dict from torchvision's cache, downloaded when missing; a one-line
     CheckpointError naming the file when it can be neither read nor downloaded."""
-    weights = imagenet_weights(arch)
-    target = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+    weights, target = imagenet_weights(arch), imagenet_file(arch)
     try:
         return weights.get_state_dict(progress=False, check_hash=True)
     except (OSError, RuntimeError) as e:  # URLError is an OSError; a bad hash is a RuntimeError
         first = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"--pretrained imagenet: cannot get {weights.url} ({first}): fetch that file into "
                               f"{target}, or pass its path as --pretrained PATH") from None
+
+
+def imagenet_file(arch: str) -> Path:
+    """Where torchvision keeps (and looks for) the ImageNet weights of ``arch``."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(imagenet_weights(arch).url).name
+
+
+def check_pretrained(spec: str | None, arch: str) -> None:
+    """Before a run reads its data: a one-line CheckpointError when --pretrained cannot be used
+    (not a ResNet, no such file, ImageNet weights neither cached nor downloadable); the ImageNet
+    weights are downloaded into torchvision's cache now when they are missing."""
+    if not spec:
+        return
+    if arch not in ("resnet18", "resnet34"):
+        raise CheckpointError(f"--pretrained starts a ResNet (resnet18, resnet34), not --arch {arch}: add "
+                              f"--arch resnet18")
+    if spec != "imagenet":
+        if not Path(spec).is_file():
+            raise CheckpointError(f"--pretrained {spec}: no such file (a torchvision ResNet state dict, or imagenet)")
+    elif not imagenet_file(arch).is_file():
+        fetch_imagenet(arch)
 
 
 def read_state_dict(path: Path) -> dict:

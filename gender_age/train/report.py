@@ -4,6 +4,12 @@ Each source reports what its labels allow: gender accuracy where genders are
 known (UTKFace, a gender tree), MAE/RMSE/CS@5 where ages are (UTKFace, IMDB-WIKI
 names), and the accuracy of the age group read off the predicted age where the
 source is a tree of age groups. test_predictions.csv holds one row per image.
+
+UTKFace's figures are also broken down by group (``groups`` in its figures, so in
+test_results.json and val_results.json): gender accuracy and age MAE (each with
+its n) per race (the name's third field: 0 White, 1 Black, 2 Asian, 3 Indian,
+4 Others) and per race x true gender x true age band (AGE_BANDS). An image whose
+name has no race field (three UTKFace names) counts in no group.
 """
 from __future__ import annotations
 
@@ -18,6 +24,8 @@ from gender_age.data import age_groups
 from gender_age.core.checkpointing import atomic_write_text
 from gender_age.data.samples import MISSING
 
+RACES = ("White", "Black", "Asian", "Indian", "Others")  # UTKFace's third name field, 0-4
+AGE_BANDS = ((0, 12, "0-12"), (13, 20, "13-20"), (21, 40, "21-40"), (41, 60, "41-60"), (61, 10 ** 6, "61+"))
 COLUMNS = ["file", "source", "true_gender", "gender", "p_gender", "true_age", "age", "true_group", "age_group"]
 
 
@@ -71,6 +79,50 @@ def source_metrics(rows: list[dict]) -> dict:
     return out
 
 
+def utkface_race(path: str) -> str | None:
+    """'29_1_3_20170104235317706.jpg.chip.jpg' -> 'Indian'; None without a race field."""
+    fields = Path(str(path)).name.strip().split("_")
+    if len(fields) < 4 or fields[2] not in ("0", "1", "2", "3", "4"):
+        return None
+    return RACES[int(fields[2])]
+
+
+def age_band(age) -> str:
+    if age == "" or age is None:
+        return "unknown"
+    return next(name for lo, hi, name in AGE_BANDS if age <= hi)
+
+
+def group_metrics(rows: list[dict]) -> dict:
+    """Gender accuracy and age MAE of some rows, each with its n (None where nothing is known)."""
+    gender = accuracy([(r["true_gender"], r["gender"]) for r in rows if r["true_gender"]])
+    age = age_errors([(r["true_age"], r["age"]) for r in rows if r["true_age"] != ""])
+    return {"n": len(rows), "gender_acc": gender["acc"], "gender_n": gender["n"], "mae": age["mae"],
+            "age_n": age["n"]}
+
+
+def group_figures(rows: list[dict]) -> dict:
+    """{"race": {race: figures}, "race_gender_age": {"race/gender/band": figures}} of UTKFace rows."""
+    by_race, cross = {}, {}
+    for r in rows:
+        race = utkface_race(r["file"])
+        if race is None:
+            continue
+        by_race.setdefault(race, []).append(r)
+        key = f"{race}/{r['true_gender'] or 'unknown'}/{age_band(r['true_age'])}"
+        cross.setdefault(key, []).append(r)
+    return {"race": {k: group_metrics(by_race[k]) for k in RACES if k in by_race},
+            "race_gender_age": {k: group_metrics(v) for k, v in sorted(cross.items())}}
+
+
+def describe_groups(split: str, groups: dict) -> list[str]:
+    """One log line per race."""
+    def fmt(v, spec):
+        return "n/a" if v is None else format(v, spec)
+    return [f"{split} utkface {race} ({m['n']} images): gender {fmt(m['gender_acc'], '.4f')} "
+            f"age MAE {fmt(m['mae'], '.3f')}" for race, m in groups["race"].items()]
+
+
 def describe(kind: str, m: dict) -> str:
     parts = [f"{kind} ({m['n']} images):"]
     if "gender_acc" in m:
@@ -94,4 +146,9 @@ def write_results(rows: list, data, task, names: dict, out: Path, log, split: st
     for s in names["sources"]:
         by_source[s["kind"]] = source_metrics([r for r in table if r["source"] == s["kind"]])
         log(f"{split} " + describe(s["kind"], by_source[s["kind"]]))
+        if s["kind"] == "utkface":
+            groups = group_figures([r for r in table if r["source"] == "utkface"])
+            by_source["utkface"]["groups"] = groups
+            for line in describe_groups(split, groups):
+                log(line)
     return by_source

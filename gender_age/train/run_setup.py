@@ -15,8 +15,9 @@ from gender_age.data import transforms
 from gender_age.train import losses
 from gender_age.core.checkpointing import check_finite_weights, load_checkpoint, transfer_weights
 from gender_age.nets.models import build_model, default_input_geometry, output_bias, output_layer_names
-from gender_age.core.runtime import bf16_is_fast, configure_threads, init_distributed, resolve_device, show_progress
-from gender_age.train.pretrained import load_pretrained
+from gender_age.core.runtime import bf16_is_fast, configure_threads, init_distributed, progress_mode, resolve_device
+from gender_age.train import chip_cache
+from gender_age.train.pretrained import check_pretrained, load_pretrained
 from gender_age.data.samples import MISSING
 from gender_age.train.tasks import AgeGenderTask, ClassificationTask, OrdinalTask
 
@@ -34,7 +35,7 @@ def make_preset(args) -> transforms.Preset:
 def load_data(sel: selection.Selection, preset: transforms.Preset, mode: str, env: dict, args, out: Path, load=None):
     """Decode (or check) the three splits; report unreadable images. -> (train, val, test)."""
     rank, log = env["rank"], env["log"]
-    progress = show_progress(args.no_progress, rank)
+    progress = progress_mode(args.no_progress, rank)
     split = lambda samples: selection.build_split(samples, preset, mode, env["workers"], progress, rank, env["world"], load)
     train_data, bad = split(sel.train)
     test_data, bad_test = split(sel.test)
@@ -87,7 +88,9 @@ def make_model(args, model_args: dict, task, classes: list, train_targets, devic
         fresh = transfer_weights(model, source, args.init_from, args.arch, classes, output_layer_names(model))
         log(f"initialised from {args.init_from} ({source.get('task')}, classes {source.get('classes')}); "
             f"own initialisation kept for: {', '.join(sorted(fresh)) or 'nothing'}")
-    if args.pretrained:
+    if args.pretrained and args.resume:
+        log(f"pretrained: {args.pretrained} not loaded again, the resumed checkpoint's weights replace it")
+    elif args.pretrained:
         log(load_pretrained(model, args.pretrained, args.arch))
     if task.kind != "classification" and args.bias_init == "prior":
         with torch.no_grad():
@@ -95,6 +98,16 @@ def make_model(args, model_args: dict, task, classes: list, train_targets, devic
     # channels_last: measured 41 vs 29 img/s for a CPU training step here (oneDNN
     # prefers NHWC), and the usual win on CUDA tensor cores
     return model.to(memory_format=torch.channels_last)
+
+
+def preflight(args, source: Path | None) -> None:
+    """What a run needs besides its data, checked before any image is read (minutes before the
+    network starts): the --pretrained weights of a new run (fetched now when online), MTCNN for
+    aligned face chips. One-line errors that name what works."""
+    if source is None and not args.test_only:
+        check_pretrained(args.pretrained, args.arch)
+    if args.face_chips == "aligned":
+        chip_cache.check_detector()
 
 
 def start_runtime(args) -> dict:

@@ -92,7 +92,9 @@ def write_run(run_dir, rows, timing=None):
 
 
 def run_main(argv):
-    return bg.main(bg.get_args_parser().parse_args(argv))
+    """bench_general's main; without FairFace-540 unless --fairface is given."""
+    extra = [] if "--fairface" in argv else ["--no-fairface"]
+    return bg.main(bg.get_args_parser().parse_args([*argv, *extra]))
 
 
 def test_compares_a_finished_run_and_writes_json(tmp_path, capsys):
@@ -123,7 +125,8 @@ def test_refuses_to_train_over_an_existing_run(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(bg.subprocess, "run", lambda cmd, **k: calls.append(cmd) or type("P", (), {"returncode": 0}))
     assert run_main(["--run-dir", str(run_dir), "--no-peer", "--no-tta", "--overwrite", "--train-args",
                      "--epochs 2"]) == 0
-    assert calls[0][1:] == ["gender_age_classifier.py", "--task", "age-gender", "--min-age", "21", "--max-age", "60",
+    # every age: no --min-age/--max-age of the CORAL protocol
+    assert calls[0][1:] == ["gender_age_classifier.py", "--task", "age-gender",
                             "--checkpoint-dir", str(run_dir), "--no-progress", "--overwrite", "--epochs", "2"]
 
 

@@ -83,13 +83,21 @@ def test_age_groups_refused(bad):
         age_groups.parse(bad)
 
 
+def utkface_test_split(d: dict) -> tuple[set, set]:
+    """(the CORAL test CSV's names, the other UTKFace names that the all-ages rule holds out)."""
+    coral_test = {row[1] for row in list(csv.reader(open(d["utk"] / "utk_test.csv")))[1:]}
+    return coral_test, {p.name for p in (d["utk"] / "UTKFace").iterdir()
+                        if p.name not in coral_test and sources.held_out(p.name)}
+
+
 def test_sources_labels_splits_and_leakage(tmp_path):
     d = make_sources(tmp_path)
     said = []
     train, val, test, classes, names, problems = sources.select(source_args(d), log=said.append)
     every = {p: t for s in (train, val) for p, t in zip(s.paths, s.targets)}
     assert str(d["leak"]) not in every                      # same bytes as a test image: dropped
-    assert said == ["sources: dropped 1 training image(s) whose content equals a test image's"]
+    assert said == ["sources: dropped 1 training image(s) whose content equals a test image's and 0 near-copies "
+                    "of a test image (thumbnail correlation >= 0.99)"]
     assert classes[0] == "5" and classes[-1] == "70"         # the training ages' range
     lo = 5
     by_name = {Path(p).name: t for p, t in every.items()}
@@ -97,11 +105,16 @@ def test_sources_labels_splits_and_leakage(tmp_path):
     assert by_name["39_1_20170116174525125.jpg.chip.jpg"] == (MISSING, 39 - lo, 0, MISSING)
     assert next(t for n, t in by_name.items() if n.startswith("30_0_"))[:3] == (1, 30 - lo, 0)  # 0: male
     # gender tree: folder gender, IMDB-WIKI age (2015 - 1990); age-group tree: no gender, its group index
-    assert by_name["100_1990-03-01_2015.jpg"] in {(0, 25 - lo, 1, MISSING), (1, 25 - lo, 1, MISSING)}
+    for gender, folder in enumerate(("female", "male")):  # the same file name in both folders: each its own gender
+        assert every[str(d["g"] / "train" / folder / "101_1990-03-01_2015.jpg")] == (gender, 25 - lo, 1, MISSING)
     assert by_name["200_1960-03-01_2014.jpg"] == (MISSING, 54 - lo, 2, 1)  # old is group 1 of young, old
     assert any("no_age_name.jpg" in p and "no IMDB-WIKI age" in why for p, why in problems)
     # the CORAL test CSV is UTKFace's test split; each source's test folders join it
-    assert sorted({t[2] for t in test.targets}) == [0, 1, 2] and sum(t[2] == 0 for t in test.targets) == 4
+    # ... and the UTKFace images in neither CORAL CSV whose name the all-ages rule holds out
+    coral_test, held = utkface_test_split(d)
+    assert len(coral_test) == 4 and len(held) > 0
+    assert sorted({t[2] for t in test.targets}) == [0, 1, 2]
+    assert sum(t[2] == 0 for t in test.targets) == len(coral_test) + len(held)
     assert not set(test.paths) & set(every)
     # validation: a share of every source
     assert {t[2] for t in val.targets} == {0, 1, 2}
@@ -171,10 +184,13 @@ def test_age_gender_run_reports_each_source_and_evaluates_again(tmp_path):
     result = json.loads((out / "test_results.json").read_text())
     assert set(result["by_source"]) == {"utkface", "gender", "age-groups"}
     assert 0 <= result["timing"]["chips_s"] <= result["timing"]["total_s"]
-    assert result["by_source"]["utkface"]["gender_n"] == 4 and result["by_source"]["utkface"]["age_n"] == 4
+    coral_test, held = utkface_test_split(d)
+    genderless = {n for n in held if n.count("_") < 3}  # the name without a gender field still has an age
+    assert result["by_source"]["utkface"]["gender_n"] == 4 + len(held - genderless)
+    assert result["by_source"]["utkface"]["age_n"] == 4 + len(held)
     assert result["by_source"]["age-groups"]["group_n"] == 4 and "gender_acc" not in result["by_source"]["age-groups"]
     rows = list(csv.DictReader(open(out / "test_predictions.csv")))
-    assert len(rows) == 12 and {r["source"] for r in rows} == {"utkface", "gender", "age-groups"}
+    assert len(rows) == 12 + len(held) and {r["source"] for r in rows} == {"utkface", "gender", "age-groups"}
     for r in rows:  # the group is read off the predicted age
         assert r["age_group"] == age_groups.group_of(float(r["age"]), age_groups.parse(age_groups.DEFAULT))
     right = sum(r["gender"] == r["true_gender"] for r in rows if r["source"] == "gender")
