@@ -4,6 +4,9 @@ A gender-and-age model predicts an exact age; groups (the original's young/old,
 or 0-2, 4-6, 8-13, ...) are read off it by range, not learnt by a third head.
 Checkpoints store the groups as a list of {"name", "min", "max"}; training
 reports group accuracy with them and predict.py names each face's group.
+Names are matched to class folders case-insensitively (``index_of``), as gender
+folders are; a group wholly outside a model's age range can never be predicted
+(``outside``, ``check_within``).
 """
 from __future__ import annotations
 
@@ -46,8 +49,8 @@ def check(groups) -> list[dict]:
         for g in groups)
     if not ok:
         raise AgeGroupError(f"age groups must be a list of {{name, min, max}}, not {groups!r:.80}")
-    if len({g["name"] for g in groups}) != len(groups):
-        raise AgeGroupError("age group names must be distinct")
+    if len({g["name"].casefold() for g in groups}) != len(groups):
+        raise AgeGroupError("age group names must be distinct (upper and lower case count as the same)")
     spans = sorted((g["min"], g["max"], g["name"]) for g in groups)
     for (_, hi, a), (lo, _, b) in zip(spans, spans[1:]):
         if lo <= hi:
@@ -63,3 +66,26 @@ def group_of(age: float, groups: list[dict]) -> str | None:
 
 def describe(groups: list[dict]) -> str:
     return ", ".join(f"{g['name']} {g['min']}-{g['max']}" for g in groups)
+
+
+def index_of(groups: list[dict], name: str) -> int | None:
+    """The index of the group called ``name`` (a class folder's name), matched case-insensitively
+    as gender folders are (``Young/`` is the group young); None when no group has that name."""
+    key = name.casefold()
+    return next((i for i, g in enumerate(groups) if g["name"].casefold() == key), None)
+
+
+def outside(groups: list[dict], lo: int, hi: int) -> list[dict]:
+    """The groups that lie wholly outside the ages lo..hi (a model's age range): a model that
+    predicts ages lo..hi never puts a face in them."""
+    return [g for g in groups if g["max"] < lo or g["min"] > hi]
+
+
+def check_within(groups: list[dict], lo: int, hi: int, what: str = "the model") -> None:
+    """Raise AgeGroupError, naming the first group and the range, when a group lies wholly outside
+    the ages lo..hi that ``what`` predicts."""
+    bad = outside(groups, lo, hi)
+    if bad:
+        g = bad[0]
+        raise AgeGroupError(f"age group {g['name']}={g['min']}-{g['max']} lies outside the ages {lo}-{hi} that "
+                            f"{what} predicts, so no face can ever be put in it: use groups within {lo}-{hi}")

@@ -120,7 +120,6 @@ def folder_splits(kind: str, folder: Path, groups: list[dict]) -> tuple[Labelled
     """(train, test, problems) of an ImageFolder tree of genders or of age groups."""
     train_set = scan_image_folder(folder / "train", split_name="train")
     test_set = scan_image_folder(folder / "test", classes=train_set.classes, split_name="test")
-    names = [g["name"] for g in groups]
     if kind == "gender":
         unknown = [c for c in train_set.classes if c.lower() not in GENDER_NAMES]
         if unknown:
@@ -128,11 +127,11 @@ def folder_splits(kind: str, folder: Path, groups: list[dict]) -> tuple[Labelled
                                f"(name them female and male)")
         to_label = {i: GENDER_NAMES[c.lower()] for i, c in enumerate(train_set.classes)}
     else:
-        unknown = [c for c in train_set.classes if c not in names]
+        unknown = [c for c in train_set.classes if age_groups.index_of(groups, c) is None]
         if unknown:
             raise DatasetError(f"--source age-groups={folder}: class folder(s) {', '.join(unknown)} are not among "
                                f"the --age-groups ({age_groups.describe(groups)})")
-        to_label = {i: names.index(c) for i, c in enumerate(train_set.classes)}
+        to_label = {i: age_groups.index_of(groups, c) for i, c in enumerate(train_set.classes)}
     out, problems = [], []
     for samples in (train_set, test_set):
         part = Labelled()
@@ -205,6 +204,9 @@ def select(args, log=print, test_only: bool = False):
     hi = args.max_age if args.max_age is not None else max(ages)
     if hi <= lo:
         raise DatasetError(f"age range {lo}-{hi} is empty: check --min-age/--max-age")
+    for g in age_groups.outside(groups, lo, hi):
+        log(f"warning: age group {g['name']}={g['min']}-{g['max']} lies outside the trained ages {lo}-{hi}: "
+            f"no face will be put in it")
     classes = [str(a) for a in range(lo, hi + 1)]
     if getattr(args, "dry_run", False):  # a few images of each source, before any is hashed or decoded
         trains = [part.thinned(DRY_RUN_PER_SOURCE) for part in trains]

@@ -60,14 +60,55 @@ DETECT_SIZE = 1024
 # Detectors
 # --------------------------------------------------------------------------
 
+YUFACE_PIN = "yuface==2023.5.1"
+INSTALL = {"mtcnn": "pip install --no-deps facenet-pytorch==2.6.0 requests",
+           "yunet": f"pip install {YUFACE_PIN} (CPython 3.10-3.11)",
+           "haar": "pip install opencv-python-headless==4.14.0.94"}
+
+
+class MissingDetector(FaceError):
+    """A detector whose package is not installed (the message says how to install it)."""
+
+
 def _cv2():
-    """OpenCV, or FaceError saying how to install it."""
+    """OpenCV, or MissingDetector saying how to install it."""
     try:
         import cv2
     except ImportError:
-        raise FaceError("the Haar detector and videos need OpenCV: "
-                        "pip install opencv-python-headless==4.14.0.94") from None
+        raise MissingDetector(f"the Haar detector and videos need OpenCV: {INSTALL['haar']}") from None
     return cv2
+
+
+def _mtcnn_class():
+    """facenet-pytorch's MTCNN class (imports torch), or MissingDetector saying how to install it."""
+    try:
+        from facenet_pytorch import MTCNN
+    except ImportError as e:
+        raise MissingDetector(f"the mtcnn detector needs facenet-pytorch ({e}): {INSTALL['mtcnn']}") from None
+    return MTCNN
+
+
+def usable(name: str) -> bool:
+    """Whether the package of detector ``name`` imports here (nothing is built)."""
+    try:
+        {"mtcnn": _mtcnn_class, "yunet": _import_yuface, "haar": _cv2}[name]()
+    except MissingDetector:
+        return False
+    return True
+
+
+def other_detector(failed: str, landmarks: bool) -> str | None:
+    """The first detector besides ``failed`` whose package imports here, among those that suit the
+    models (``landmarks``: models trained on aligned chips, which Haar cannot cut); None when none."""
+    return next((n for n in ("yunet", "mtcnn", "haar")
+                 if n != failed and not (landmarks and n == "haar") and usable(n)), None)
+
+
+def with_landmarks() -> str:
+    """What to do for a detector with face landmarks: 'use --detector NAME' for one whose package
+    imports here (MTCNN first: aligned chips were cut on its landmarks), else how to install MTCNN."""
+    name = next((n for n in ("mtcnn", "yunet") if usable(n)), None)
+    return f"use --detector {name}" if name else INSTALL["mtcnn"]
 
 
 class MtcnnDetector:
@@ -76,11 +117,7 @@ class MtcnnDetector:
     name = "mtcnn"
 
     def __init__(self, device="cpu", min_score: float = 0.9, min_size: int = 20):
-        try:
-            from facenet_pytorch import MTCNN
-        except ImportError as e:
-            raise FaceError(f"the mtcnn detector needs facenet-pytorch ({e}): pip install --no-deps "
-                            f"facenet-pytorch==2.6.0 requests, or use --detector haar") from None
+        MTCNN = _mtcnn_class()
         self.geometry = GEOMETRY[self.name]
         self.min_score, self.min_size = min_score, min_size
         self.model = MTCNN(keep_all=True, device=device, min_face_size=min_size, select_largest=False)
@@ -130,14 +167,20 @@ class HaarDetector:
 
 
 def make_detector(name: str, device="cpu"):
-    """A detector by name (one of DETECTORS); FaceError when its package is missing."""
-    if name == "yunet":
-        return YunetDetector()
-    if name == "mtcnn":
-        return MtcnnDetector(device)
-    if name == "haar":
-        return HaarDetector()
-    raise FaceError(f"unknown detector {name!r}: choose from {', '.join(DETECTORS)}")
+    """A detector by name (one of DETECTORS); MissingDetector, saying how to install it, when its
+    package is missing (``with_alternative`` adds the other detector that works here)."""
+    makers = {"yunet": YunetDetector, "mtcnn": lambda: MtcnnDetector(device), "haar": HaarDetector}
+    if name not in makers:
+        raise FaceError(f"unknown detector {name!r}: choose from {', '.join(DETECTORS)}")
+    return makers[name]()
+
+
+def with_alternative(error: MissingDetector, name: str, landmarks: bool) -> MissingDetector:
+    """``error`` (detector ``name``'s package is missing) naming the other detector that works here,
+    if one does: one whose package imports, and not Haar when ``landmarks`` (models trained on
+    aligned chips)."""
+    other = other_detector(name, landmarks)
+    return MissingDetector(f"{error}, or use --detector {other}" if other else str(error))
 
 
 def detect_faces(detector, img: Image.Image, max_side: int = DETECT_SIZE) -> list[Face]:
@@ -184,8 +227,6 @@ def measure_framing(paths, detector, least: int = 5) -> tuple:
     return (median_framing(observed) if len(observed) >= least else None), len(observed)
 
 
-YUFACE_PIN = "yuface==2023.5.1"
-
 
 def _import_yuface():
     """The compiled yuface module, with its own OpenMP runtime set to one thread; FaceError
@@ -197,8 +238,7 @@ def _import_yuface():
     try:
         from yuface import yuface as compiled
     except ImportError as e:
-        raise FaceError(f"the yunet detector needs the yuface package ({e}): pip install {YUFACE_PIN} "
-                              f"(CPython 3.10-3.11), or use --detector mtcnn") from None
+        raise MissingDetector(f"the yunet detector needs the yuface package ({e}): {INSTALL['yunet']}") from None
     finally:
         if old is None:
             os.environ.pop("OMP_NUM_THREADS", None)

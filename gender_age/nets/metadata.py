@@ -1,9 +1,7 @@
-"""Trained models for prediction, behind one interface, without torch: what a model file
-declares (task, classes, preprocessing, face chips, ordinal decoding), checked before anything
-is built; the decoding of a network's outputs into predictions (numpy); and ONNX files from
-export.py, run on onnxruntime. A run whose models are all ONNX files never imports torch
-(start-up: see predict.py); ``predictor.Predictor`` runs a PyTorch checkpoint behind the
-same interface, and ``load_predictor`` picks one by the file's name.
+"""What a model file declares (task, classes, preprocessing, face chips, ordinal decoding, an
+age-gender model's genders and age groups), checked before anything is built: a checkpoint's
+fields, or the metadata export.py writes into an ONNX file. Numpy-free and torch-free; prediction
+(predict/base.py), export, ensembles and the chip cache all read model files through it.
 """
 from __future__ import annotations
 

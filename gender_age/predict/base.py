@@ -1,4 +1,8 @@
-"""base: split from prediction_models.py (docstring to write)."""
+"""``ModelPredictor``: the one interface of a model at prediction time, whatever runs it
+(``torch_backend.Predictor`` for .tar checkpoints, ``onnx_backend.OnnxPredictor`` for
+.onnx files): its task, labels, chip spec and preprocessing from the checked metadata,
+batched prediction on squares, and the records of its outputs.
+"""
 from __future__ import annotations
 
 import json
@@ -57,6 +61,12 @@ class ModelPredictor:
         if not np.isfinite(out).all():
             raise CheckpointError(f"{self.path} gives non-finite outputs (NaN or infinity): its weights or "
                                   f"preprocessing are broken; re-export or retrain it")
+
+    @property
+    def age_range(self) -> tuple[int, int] | None:
+        """(youngest, oldest) age an ordinal age head predicts; None for classifiers."""
+        o = self.ordinal
+        return None if o is None else (o["min_age"], o["min_age"] + o["num_ranks"] - 1)
 
     @property
     def key(self) -> str:

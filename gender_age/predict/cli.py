@@ -51,7 +51,8 @@ from gender_age.predict.workers import MIN_FACE, Feed, detected_units, pool_size
 from gender_age.core.images import is_hidden
 from gender_age.predict.inputs import collect_inputs
 from gender_age.predict.loading import is_onnx
-from gender_age.data.samples import DatasetError
+from gender_age.data import age_groups
+from gender_age.data.samples import TASK_DATA, DatasetError
 
 # Start-up: this module imports neither torch nor OpenCV, ONNX or a detector's package. main()
 # lists the inputs, makes the detector and starts the decode pool first (its processes need no
@@ -71,21 +72,38 @@ MODEL_OPTIONS = {"gender_checkpoint": "gender", "age_checkpoint": "age", "exact_
                  "age_gender_checkpoint": "age-gender"}
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Adds "(default: X)" where it tells something: to options that take a value and have one by
+    default, unless their help already states the default (a flag, or a default of None, says
+    nothing; --no-detect's "default" would be --detect's)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.nargs == 0 or action.default in (None, argparse.SUPPRESS) or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Predict gender, age group and exact age for faces in images and videos.",
-                                add_help=add_help, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("inputs", nargs="*", help="image or video files, or folders (any depth); "
-                                             "default: <data>/predict/ of the task")
+                                add_help=add_help, formatter_class=HelpFormatter)
+    p.add_argument("inputs", nargs="*", help="image or video files, or folders (any depth); default: "
+                                             f"{TASK_DATA['gender']}/predict/ ({TASK_DATA['age']}/predict/ with -a); "
+                                             "other models have no default folder")
     m = p.add_argument_group("models (a .tar checkpoint or an .onnx file from export.py; several may be combined)")
     m.add_argument("-a", "--age", action="store_true", help="use the age model (checkpoints/age) instead of gender")
     one = m.add_mutually_exclusive_group()
-    one.add_argument("--checkpoint", default=None, help="checkpoint to use (default: checkpoints/<task>/model_best.tar)")
+    one.add_argument("--checkpoint", default=None, help="checkpoint to use (default, when no other model is given: checkpoints/gender/model_best.tar, "
+                          "or checkpoints/age/model_best.tar with -a)")
     one.add_argument("--onnx", default=None, metavar="MODEL.onnx", help="ONNX model to run on onnxruntime")
     m.add_argument("--gender-checkpoint", default=None, metavar="PATH", help="gender model")
     m.add_argument("--age-checkpoint", default=None, metavar="PATH", help="age-group model (young/old, ...)")
     m.add_argument("--exact-age-checkpoint", default=None, metavar="PATH", help="exact-age (ordinal) model")
     m.add_argument("--age-gender-checkpoint", default=None, metavar="PATH",
                    help="age-gender model (one network: gender, exact age and its age group)")
+    m.add_argument("--age-groups", default=None, metavar="NAME=LO-HI,...",
+                   help="age groups to read off an age-gender model's predicted age, e.g. child=0-12,adult=13- "
+                        "(default: the groups it was trained with)")
     m.add_argument("--tta", action="store_true",
                    help="average over 10 views (4 corner crops + centre, and their mirrors)")
     f = p.add_argument_group("faces and videos")
@@ -94,8 +112,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         "off: predict every image whole")
     f.add_argument("--no-detect", dest="detect", action="store_const", const="off",
                    help="same as --detect off: the inputs are face crops")
-    f.add_argument("--detector", choices=detectors.DETECTORS, default="yunet",
-                   help="face detector: yunet (fast), mtcnn, haar (see detectors.py, faces.py)")
+    f.add_argument("--detector", choices=detectors.DETECTORS, default=None,
+                   help="face detector: yunet (fast), mtcnn, haar (see detectors.py); default: yunet, or mtcnn "
+                        "for models trained on aligned chips (cut on its landmarks)")
     f.add_argument("--detect-size", type=int, default=detectors.DETECT_SIZE,
                    help="search photos at most this many pixels on their longer side")
     f.add_argument("--min-face", type=float, default=MIN_FACE, metavar="FRACTION",
@@ -130,26 +149,48 @@ def asked_models(args, task: str) -> list[tuple[str, str | None]]:
 
 def build_predictors(args, task: str, device, amp: bool) -> dict:
     """{output key: ModelPredictor} for the models asked for (``asked_models``); device: a
-    torch.device, or None when every model is an ONNX file."""
+    torch.device, or None when every model is an ONNX file. An age-gender model gets the
+    --age-groups, if given, and each of its groups must overlap the ages it predicts."""
     from gender_age.core.checkpointing import CheckpointError, expect
     from gender_age.predict.loading import load_predictor
+    loaded = [(load_predictor(path, device, amp), path, want) for path, want in asked_models(args, task)]
+    if not args.inputs and all(p.task != task for p, _, _ in loaded):
+        other = next((p for p, _, _ in loaded if p.task not in TASK_DATA), None)
+        if other is not None:  # a model with no default folder: the inputs were forgotten
+            raise DatasetError(f"no inputs given: name the image or video files or folders to predict on, e.g. "
+                               f"python predict.py photo.jpg faces/ ... ({other.path} is a '{other.task}' model; "
+                               f"only gender and age models have a default folder, <data>/predict/)")
     predictors = {}
-    for path, want in asked_models(args, task):
-        p = load_predictor(path, device, amp)
+    for p, path, want in loaded:
         if want is not None:
             expect(p.ckpt, path, task=want)
         if p.key in predictors:
             raise CheckpointError(f"two models for the task '{p.task}' ({predictors[p.key].path} and {path}): "
                                   f"give one per task")
         predictors[p.key] = p
+    set_age_groups(args.age_groups, predictors)
     return predictors
+
+
+def set_age_groups(text: str | None, predictors: dict) -> None:
+    """Give the age-gender model ``text``'s groups (--age-groups) when given, and refuse a group
+    that lies wholly outside the ages it predicts: no face could ever be put in it."""
+    with_groups = [p for p in predictors.values() if p.genders is not None]
+    if text is not None and not with_groups:
+        raise DatasetError("--age-groups is for age-gender models (their groups are read off the predicted "
+                           "age); an age-group model's groups are its classes")
+    for p in with_groups:
+        if text is not None:
+            p.age_groups = age_groups.parse(text)
+        age_groups.check_within(p.age_groups, *p.age_range, what=str(p.path))
 
 
 def main(args) -> int:
     task = "age" if args.age else "gender"
     inputs = args.inputs or [str(default_folder(task) / "predict")]
     if not args.inputs and not Path(inputs[0]).is_dir():
-        raise DatasetError(f"default folder {inputs[0]} not found: pass image files or folders")
+        raise DatasetError(f"no inputs given, and the default folder {inputs[0]} is not there: name the image or "
+                           f"video files or folders to predict on, e.g. python predict.py photo.jpg faces/")
     for name, least in (("batch_size", 1), ("every", 1), ("detect_size", 32)):
         if getattr(args, name) < least:
             raise DatasetError(f"--{name.replace('_', '-')} must be at least {least}")
@@ -159,9 +200,15 @@ def main(args) -> int:
     # MTCNN is a torch model that runs on the device; the other detectors run on the CPU, and need
     # no torch, so their decode pool starts before torch is imported
     device = resolve_device(args.device) if args.detector == "mtcnn" and args.detect != "off" else None
-    detector = None if args.detect == "off" else detectors.make_detector(args.detector, device or "cpu")
     workers = args.workers if args.workers is not None else min(8, usable_cores())
-    feed = None if detector is None else Feed(paths, args, detector, pool_size(paths, workers, detector, device))
+    detector = feed = None
+    if args.detect != "off":
+        try:
+            detector = detectors.make_detector(args.detector or "yunet", device or "cpu")
+        except detectors.MissingDetector:
+            pass  # the models decide which detector fits and what to advise (settle_detector)
+        else:
+            feed = Feed(paths, args, detector, pool_size(paths, workers, detector, device))
     try:
         if all(is_onnx(path) for path, _ in asked_models(args, task)):
             amp = False  # onnxruntime, fp32 on the CPU: torch is not imported (unless MTCNN needs it)
@@ -206,16 +253,7 @@ def predict_paths(args, task: str, paths: list[str], detector, feed: Feed | None
             found = sorted(d.name for d in train.iterdir() if d.is_dir() and not is_hidden(d.name))
             p = predictors[task]
             expect(p.ckpt, p.path, classes=found)
-    aligned = [str(p.path) for p in predictors.values() if p.chips.mode == "aligned"]
-    if aligned and args.detect != "off" and args.detector == "haar":  # the one detector without landmarks
-        raise geometry.FaceError(f"{aligned[0]} was trained on aligned face chips, which need face landmarks: "
-                              f"use --detector mtcnn")
-    if aligned and feed is not None:
-        # aligned chips were made from MTCNN's landmarks on the whole image: find faces the same way
-        # (another detector's landmarks, or a coarse search, shift the chip: 100/108 instead of 102/108)
-        feed.close()
-        detector = detectors.make_detector("mtcnn", device or "cpu")
-        feed = Feed(paths, args, detector, pool_size(paths, workers, detector, device), exact=True)
+    detector, feed = settle_detector(args, predictors, paths, workers, device, detector, feed)
     annotator = Annotator(args.annotate, paths) if args.annotate else None
     # face index and box columns: always with detection or videos, never without; --detect auto
     # decides on the first face the detector finds (RecordStream holds whole images until then)
@@ -231,11 +269,35 @@ def predict_paths(args, task: str, paths: list[str], detector, feed: Feed | None
                                            max_pending=8 if annotator else 256), predictors, stream, annotator)
     finally:
         if feed is not None:
-            feed.close()  # this function's own feed, when it replaced main's for aligned models
+            feed.close()  # main's, or the one settle_detector made in its place (closing twice is harmless)
     if failed:
         print(f"error: {failed} of {len(paths)} input(s) could not be read", file=sys.stderr)
         return 1
     return 0
+
+
+def settle_detector(args, predictors: dict, paths: list[str], workers: int, device, detector, feed):
+    """(detector, feed) that fit the models: --detector, else YuNet, or MTCNN for models trained on
+    aligned chips; main's, or a new one. A missing package is a one-line error naming what works
+    for these models (never Haar, which has no landmarks, for aligned-chip models)."""
+    if args.detect == "off":
+        return None, None
+    aligned = [str(p.path) for p in predictors.values() if p.chips.mode == "aligned"]
+    if aligned and args.detector == "haar":  # the one detector without landmarks
+        raise geometry.FaceError(f"{aligned[0]} was trained on aligned face chips, which need face landmarks: "
+                                 f"{detectors.with_landmarks()}")
+    if detector is not None and not aligned:  # main's: --detector, or yunet
+        return detector, feed
+    name = args.detector or ("mtcnn" if aligned else "yunet")
+    if feed is not None:
+        feed.close()
+    # aligned chips were made from MTCNN's landmarks on the whole image: find faces the same way
+    # (another detector's landmarks, or a coarse search, shift the chip: 100/108 instead of 102/108)
+    try:
+        detector = detectors.make_detector(name, device or "cpu")
+    except detectors.MissingDetector as e:
+        raise detectors.with_alternative(e, name, landmarks=bool(aligned)) from None
+    return detector, Feed(paths, args, detector, pool_size(paths, workers, detector, device), exact=bool(aligned))
 
 
 def predict_all(predicted, predictors: dict, stream, annotator) -> int:

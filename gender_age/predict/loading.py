@@ -1,4 +1,6 @@
-"""loading: split from prediction_models.py (docstring to write)."""
+"""``load_predictor``: the backend for a model file by its name (.onnx: onnxruntime, no
+torch; else a PyTorch checkpoint).
+"""
 from __future__ import annotations
 
 import os
@@ -11,7 +13,7 @@ def is_onnx(path: str | os.PathLike) -> bool:
 
 
 def load_predictor(path: str | os.PathLike, device=None, amp: bool = False) -> ModelPredictor:
-    """An OnnxPredictor for an .onnx file (no torch), else a ``predictor.Predictor`` for a .tar
+    """An OnnxPredictor for an .onnx file (no torch), else a ``torch_backend.Predictor`` for a .tar
     checkpoint on ``device`` (a torch.device; imports torch)."""
     if is_onnx(path):
         return OnnxPredictor(path)

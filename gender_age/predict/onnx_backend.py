@@ -1,4 +1,6 @@
-"""onnx_backend: split from prediction_models.py (docstring to write)."""
+"""``OnnxPredictor``: an ONNX file from ``tools/export.py`` run by onnxruntime, with the
+metadata it carries; it never imports torch (start-up).
+"""
 from __future__ import annotations
 
 import json

@@ -1,6 +1,6 @@
-"""A PyTorch checkpoint behind ``prediction_models.ModelPredictor``'s interface: the network
+"""A PyTorch checkpoint behind ``base.ModelPredictor``'s interface: the network
 rebuilt from what the checkpoint declares (``model_args``), on a torch device, with bf16
-autocast where asked. The checks and the decoding of outputs are prediction_models.py's.
+autocast where asked. The checks and the decoding of outputs are base.py's.
 """
 from __future__ import annotations
 

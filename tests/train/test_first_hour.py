@@ -4,6 +4,7 @@ small dry runs, missing weights and detectors found before the data is read, def
 from __future__ import annotations
 
 import io
+from pathlib import Path
 import sys
 from types import SimpleNamespace
 
@@ -224,3 +225,26 @@ def test_an_age_gender_dry_run_hashes_only_a_few_images_per_source(tmp_path, mon
     assert 0 < len(hashed) <= 3 * 4 + 3 * 1
     full = sources.select(source_args(d), log=lambda _: None)
     assert len(full[0]) + len(full[1]) > 3 * 4  # the folders hold more than a dry run takes
+
+
+def test_age_group_folders_match_their_groups_whatever_the_case(tmp_path):
+    d = make_sources(tmp_path)
+    for split in ("train", "test"):
+        for name in ("old", "young"):
+            (d["a"] / split / name).rename(d["a"] / split / name.upper())
+    train, val, test, *_ = sources.select(source_args(d, val_split=0), log=lambda _: None)
+    groups = {Path(p).parent.name: t[3] for p, t in zip(train.paths + test.paths, train.targets + test.targets)
+              if t[2] == 2}
+    assert groups == {"OLD": 1, "YOUNG": 0}  # age_groups.DEFAULT is young, old
+
+
+def test_training_warns_of_an_age_group_outside_the_trained_ages(tmp_path):
+    d = make_sources(tmp_path)
+    two = [f"utkface={d['utk']}", f"gender={d['g']}"]  # the age-group tree's folders are young and old
+    said = []
+    sources.select(source_args(d, source=two, min_age=21, max_age=60, age_groups="child=0-12,adult=13-"), log=said.append)
+    assert [line for line in said if line.startswith("warning:")] == [
+        "warning: age group child=0-12 lies outside the trained ages 21-60: no face will be put in it"]
+    said.clear()
+    sources.select(source_args(d, source=two, min_age=5, max_age=60, age_groups="child=0-12,adult=13-"), log=said.append)
+    assert not [line for line in said if line.startswith("warning:")]
