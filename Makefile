@@ -1,13 +1,17 @@
 # Two commands do all the set-up on a fresh machine (see README):
-#   make train   - virtualenv + data links, then train gender and age on the default data
+#   make train   - virtualenv + data links, then train the gender-and-age network on the default
+#                  data into checkpoints/age-gender (make train-original: the original's two models)
 #   make test    - virtualenv + data links, then the test suite (what CI runs)
 ARGS ?=
 
-.PHONY: setup train test bench bench-age bench-general
+.PHONY: setup train train-original test bench bench-age bench-general
 setup:
 	@bash scripts/setup.sh
 
 train:
+	py=$$(bash scripts/setup.sh) && $$py gender_age_classifier.py --task age-gender $(ARGS)
+
+train-original:
 	py=$$(bash scripts/setup.sh) && $$py gender_age_classifier.py $(ARGS) && $$py gender_age_classifier.py -a $(ARGS)
 
 test:

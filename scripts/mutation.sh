@@ -15,7 +15,7 @@ py="$(bash "$here/scripts/setup.sh" 2>/dev/null | tail -n 1)"
 
 MODULES=(
   "gender_age/nets/ordinal.py=tests/nets/test_ordinal.py"
-  "gender_age/data/age_groups.py=tests/train/test_age_gender.py,tests/train/test_guards_metrics.py,tests/predict/test_first_hour_predict.py"
+  "gender_age/data/age_groups.py=tests/train/test_age_gender.py::test_age_groups_parse,tests/train/test_age_gender.py::test_age_groups_refused,tests/train/test_guards_metrics.py,tests/predict/test_first_hour_predict.py::test_age_group_helpers"
 )
 [ $# -gt 0 ] && MODULES=("$@")
 work="${MUTATION_WORK:-$(mktemp -d)}"

@@ -39,12 +39,12 @@ RECIPES = {
               "weight_decay": 0.0, "schedule": "step", "lr_gamma": 1.0, "dropout": 0.0, "ema_epochs": 0.0,
               "eval_every": 5, "save_every": 5, "loss": "coral", "ce_mode": "argmax"},
 }
-# --task age-gender: the cpu recipe on all the sources (about 20,000 training images) at 96 px
-# (gender needs more detail than age), for as many epochs as fit inside the benchmark's budget
-# (bench_general.py; 237 against 434 img/s at 64 px for a training step here; 22 epochs took
-# 30.7 min, 40 about 55), with the strong augmentation: at 40 epochs its validation loss, gender
-# accuracy and age MAE beat the original's, both with --tta (docs/results.md, sessions 10-11)
-AGE_GENDER = {"cpu": {"epochs": 40, "resize": 104, "crop": 96, "aug": "strong"}}
+# --task age-gender: the cpu recipe on all the sources (about 18,600 training images, all ages) at
+# 64 px from 72-px chips, for the epochs that fit in an hour of training on a 2-core AVX2 CPU in fp32:
+# 156 s an epoch there (AVX2 kernels, fp32) against 80 s in bf16 with AVX512-BF16, 18 epochs in about
+# 52 min with the tests; 64 px trains 1.85x as fast as 96 px on AVX2 (benchmarks/bench_compute.py).
+# With the strong augmentation (docs/results.md, "A model for every face").
+AGE_GENDER = {"cpu": {"epochs": 18, "resize": 72, "crop": 64, "aug": "strong"}}
 # space around the aligned chip's face template: 0.25 of its side, and 0.05 for age-gender, whose
 # UTKFace images are tight crops (at 0.25 a third of each chip was black padding): 4-epoch pilot at
 # 64 px, validation after epoch 4: gender 0.844 vs 0.807, age MAE 6.15 vs 6.49 (docs/results.md)
