@@ -96,7 +96,7 @@ def test_bench_general_compares_the_ensemble_of_its_members_with_their_time_summ
     from benchmarks import bench_general as bg
     _, _, m = members
     run = tmp_path / "bench"
-    args = bg.get_args_parser().parse_args(["--skip-train", "--members", "2", "--no-peer", "--no-tta",
+    args = bg.get_args_parser().parse_args(["--skip-train", "--members", "2", "--no-peer", "--no-tta", "--no-fairface",
                                             "--run-dir", str(run)])
     shutil.copytree(m["a"].parent, run / "member-0")
     assert bg.main(args) == 2  # member-1 is missing: one line, nothing written
