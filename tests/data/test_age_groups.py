@@ -23,6 +23,7 @@ def test_a_well_formed_stored_list_is_taken_as_a_copy():
     taken = ag.check(GOOD)
     assert taken == GOOD and taken[0] is not GOOD[0]
     assert ag.check([{"name": "a", "min": 3, "max": 3}, {"name": "b" * 100, "min": 4, "max": 5}])
+    assert ag.check([{"name": "all", "min": 0, "max": 130}]) == [{"name": "all", "min": 0, "max": 130}]
     assert len(ag.check([{"name": f"g{i}", "min": i, "max": i} for i in range(100)])) == 100
 
 
@@ -33,7 +34,8 @@ def test_names_are_distinct_whatever_their_case_and_ranges_do_not_overlap():
         ag.check([{"name": "b", "min": 5, "max": 9}, {"name": "a", "min": 0, "max": 5}])
 
 
-@pytest.mark.parametrize("text", ["young", "young=", "=0-3", "young=a-3", "young=5-3", "young=-1-3", "young=3"])
+@pytest.mark.parametrize("text", ["", "young", "young=", "=0-3", "young=a-3", "young=5-3", "young=-1-3", "young=3",
+                                  "a=b=0-3"])
 def test_bad_text_says_how_to_write_a_group(text):
     with pytest.raises(ag.AgeGroupError) as e:
         ag.parse(text)
