@@ -15,7 +15,7 @@ py="$(bash "$here/scripts/setup.sh" 2>/dev/null | tail -n 1)"
 
 MODULES=(
   "gender_age/nets/ordinal.py=tests/nets/test_ordinal.py"
-  "gender_age/data/age_groups.py=tests/train/test_age_gender.py::test_age_groups_parse,tests/train/test_age_gender.py::test_age_groups_refused,tests/train/test_guards_metrics.py,tests/predict/test_first_hour_predict.py::test_age_group_helpers"
+  "gender_age/data/age_groups.py=tests/data/test_age_groups.py,tests/train/test_age_gender.py::test_age_groups_parse,tests/train/test_age_gender.py::test_age_groups_refused,tests/train/test_guards_metrics.py,tests/predict/test_first_hour_predict.py::test_age_group_helpers"
 )
 [ $# -gt 0 ] && MODULES=("$@")
 work="${MUTATION_WORK:-$(mktemp -d)}"
@@ -34,6 +34,8 @@ for spec in "${MODULES[@]}"; do
     echo "source_paths=$module"
     echo "pytest_add_cli_args_test_selection="
     tr ',' '\n' <<<"$tests" | sed 's/^/    /'
+    echo "also_copy="  # mutmut's copy holds the mutated module only: the rest of the package beside it
+    for p in gender_age benchmarks gender_age_classifier.py predict.py models.py datasets.py pytest.ini; do echo "    $p"; done
     echo "pytest_add_cli_args="
     echo "    -p"; echo "    no:cacheprovider"; echo "    -q"; echo "    -n"; echo "    0"
   } > "$copy/setup.cfg"
