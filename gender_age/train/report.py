@@ -8,7 +8,7 @@ source is a tree of age groups. test_predictions.csv holds one row per image.
 UTKFace's figures are also broken down by group (``groups`` in its figures, so in
 test_results.json and val_results.json): gender accuracy and age MAE (each with
 its n) per race (the name's third field: 0 White, 1 Black, 2 Asian, 3 Indian,
-4 Others) and per race x true gender x true age band (AGE_BANDS). An image whose
+4 Others) and per race x true gender x true age band (data/strata.AGE_BANDS). An image whose
 name has no race field (three UTKFace names) counts in no group.
 """
 from __future__ import annotations
@@ -23,9 +23,8 @@ import torch
 from gender_age.data import age_groups
 from gender_age.core.checkpointing import atomic_write_text
 from gender_age.data.samples import MISSING
+from gender_age.data.strata import RACES, age_band, utkface_race  # noqa: F401 (re-exported)
 
-RACES = ("White", "Black", "Asian", "Indian", "Others")  # UTKFace's third name field, 0-4
-AGE_BANDS = ((0, 12, "0-12"), (13, 20, "13-20"), (21, 40, "21-40"), (41, 60, "41-60"), (61, 10 ** 6, "61+"))
 COLUMNS = ["file", "source", "true_gender", "gender", "p_gender", "true_age", "age", "true_group", "age_group"]
 
 
@@ -77,20 +76,6 @@ def source_metrics(rows: list[dict]) -> dict:
     if group["n"]:
         out.update(group_acc=group["acc"], group_right=group["k"], group_n=group["n"])
     return out
-
-
-def utkface_race(path: str) -> str | None:
-    """'29_1_3_20170104235317706.jpg.chip.jpg' -> 'Indian'; None without a race field."""
-    fields = Path(str(path)).name.strip().split("_")
-    if len(fields) < 4 or fields[2] not in ("0", "1", "2", "3", "4"):
-        return None
-    return RACES[int(fields[2])]
-
-
-def age_band(age) -> str:
-    if age == "" or age is None:
-        return "unknown"
-    return next(name for lo, hi, name in AGE_BANDS if age <= hi)
 
 
 def group_metrics(rows: list[dict]) -> dict:
