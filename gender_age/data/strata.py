@@ -2,6 +2,7 @@
 report (train/report) and that ``--sampling balanced`` draws evenly (``balanced_weights``)."""
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
@@ -36,12 +37,9 @@ def balanced_weights(paths: Sequence[str], targets: torch.Tensor, min_age: int,
     Square-root inverse frequency: a stratum 4x smaller is drawn 2x more often per image.
     targets: (N, 4) long. Out: (N,) float64, summing to N.
     """
-    keys = []
-    for path, (g, rank, source, _) in zip(paths, targets.tolist()):
-        band = age_band(rank + min_age) if rank != MISSING else "unknown"
-        keys.append((source, utkface_race(path) if source in utkface_sources else None, g, band))
-    sizes: dict = {}
-    for k in keys:
-        sizes[k] = sizes.get(k, 0) + 1
+    keys = [(source, utkface_race(path) if source in utkface_sources else None, g,
+             age_band(rank + min_age if rank != MISSING else None))
+            for path, (g, rank, source, _) in zip(paths, targets.tolist())]
+    sizes = Counter(keys)
     w = torch.tensor([sizes[k] ** -0.5 for k in keys], dtype=torch.float64)
     return w * (len(w) / w.sum())

@@ -41,9 +41,9 @@ def rank_of(outputs: np.ndarray, loss_name: str, ce_mode: str = "argmax") -> np.
             raise ValueError(f"mode must be 'argmax' or 'expectation', got {ce_mode!r}")
         return softmax(x) @ np.arange(x.shape[1], dtype=np.float64)
     if loss_name == "corn":
-        # sigmoid written with exp(-|s|), which never overflows
-        e = np.exp(-np.abs(x))
-        sig = np.where(x >= 0, 1 / (1 + e), e / (1 + e))
+        # a negative logit (sigmoid below 0.5) ends the run of P(y > k) > 0.5 whatever its value, so
+        # logits are clipped at 0 (sigmoid 0.5, which does not count either): exp never overflows
+        sig = 1 / (1 + np.exp(-np.maximum(x, 0.0)))
         return (np.cumprod(sig, axis=1) > 0.5).sum(axis=1)
     return (x > 0).sum(axis=1)
 

@@ -59,5 +59,6 @@ def test_thumbnails_skip_what_has_none_and_keep_the_indices(tmp_path):
     assert index == [1, 3] and matrix.shape == (2, leakage.THUMB * leakage.THUMB)
     empty, none = leakage.thumbnails([flat])
     assert empty.shape == (0, leakage.THUMB * leakage.THUMB) and none == []
+    assert empty.dtype == matrix.dtype == np.float32  # one dtype for the products, empty or not
     assert leakage.near_copies([good], [flat]) == [] and leakage.near_copies([], [good]) == []
     assert leakage.near_copies([flat, good], [good]) == [1]

@@ -32,6 +32,7 @@ def test_balanced_weights_are_one_over_the_root_of_the_stratum_size():
     (lambda p, t: (p, torch.tensor([[0, 29, 0, -1], [0, 40, 0, -1]])), True),   # age band (30 vs 41)
     (lambda p, t: (p, torch.tensor([[0, 29, 0, -1], [0, 29, 1, -1]])), True),   # source
     (lambda p, t: (p, torch.tensor([[0, 29, 0, -1], [0, 38, 0, -1]])), False),  # 30 and 39: one band
+    (lambda p, t: (p, torch.tensor([[0, 0, 0, -1], [0, MISSING, 0, -1]])), True),  # age 1 vs no age
     (lambda p, t: (p, torch.tensor([[0, 29, 0, -1], [0, 29, 0, 3]])), False),   # the age group is no stratum
 ])
 def test_each_field_of_the_stratum_and_only_those(change, apart):

@@ -39,3 +39,34 @@ def test_unknown_names_are_refused():
         ordinal.rank_of(np.zeros((1, 3)), "mse")
     with pytest.raises(ValueError, match="mode must be"):
         ordinal.rank_of(np.zeros((1, 3)), "ce", "median")
+
+
+def test_head_output_size():
+    assert [ordinal.head_output_size(n, 10) for n in ("ce", "ordinal", "coral", "corn")] == [10, 9, 9, 9]
+
+
+def test_the_default_ce_mode_is_argmax():
+    p = np.log([[0.4, 0.0001, 0.3, 0.2999]])  # argmax 0, expectation 1.5
+    assert ordinal.rank_of(p, "ce").tolist() == [0]
+
+
+def test_a_logit_of_exactly_zero_passes_no_threshold():
+    # sigmoid(0) = 0.5 is not > 0.5: in both decoders, coral and corn alike
+    zero = np.array([[2.0, 0.0, 0.0]])
+    for loss in ("coral", "corn"):
+        assert ordinal.rank_of(zero, loss).tolist() == [1]
+        assert losses.predict_rank(torch.tensor(zero), loss).tolist() == [1]
+
+
+def test_corn_products_have_known_values():
+    # sigmoid(ln 9) = 0.9, sigmoid(ln 0.5) = 1/3: P(y > k) = 0.9, 0.3 -> rank 1; a negative logit ends the run
+    assert ordinal.rank_of(np.array([[np.log(9.0), np.log(0.5), np.log(9.0)]]), "corn").tolist() == [1]
+    # sigmoid(0.5) = 0.622, 0.622^2 = 0.387: a positive logit below 1 counts
+    assert ordinal.rank_of(np.array([[0.5, 0.5]]), "corn").tolist() == [1]
+    assert ordinal.rank_of(np.array([[-700.0, 700.0], [700.0, 700.0]]), "corn").tolist() == [0, 2]
+
+
+def test_softmax_of_large_and_distant_rows():
+    x = np.array([[1000.0, 999.0], [0.0, np.log(3.0)]])  # rows far apart: each shifted by its own maximum
+    s = ordinal.softmax(x)
+    np.testing.assert_allclose(s, [[1 / (1 + np.exp(-1)), np.exp(-1) / (1 + np.exp(-1))], [0.25, 0.75]])
