@@ -12,7 +12,7 @@ from gender_age.faces import drawing
 from gender_age.faces import videos
 from gender_age.core.checkpointing import atomic_write
 from gender_age.predict.units import Unit
-from gender_age.predict.records import OutputError, printable
+from gender_age.predict.escaping import OutputError, printable
 
 ANNOTATE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 

@@ -305,7 +305,8 @@ def predict_all(predicted, predictors: dict, stream, annotator) -> int:
     report unreadable inputs on stderr. Returns their number. After an error or an interrupt the
     records so far are still printed and no half-written annotated file is left."""
     from gender_age.predict.annotate import face_label
-    from gender_age.predict.records import printable, unit_records
+    from gender_age.predict.escaping import printable
+    from gender_age.predict.records import unit_records
     failed = 0
     try:
         for unit, results in predicted:
@@ -343,7 +344,7 @@ def cli(argv=None) -> int:
     try:
         return main(args)
     except usage_errors() as e:
-        from gender_age.predict.records import printable
+        from gender_age.predict.escaping import printable
         print(f"error: {printable(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

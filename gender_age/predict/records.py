@@ -1,13 +1,6 @@
 """What prediction writes: records (one per face, with every model's fields)
-streamed as text, JSON or CSV while units finish, and annotated copies of the
-images and videos.
-
-Hostile names are made harmless: text output escapes control characters
-(a newline in a file or class name cannot forge a result line) and bytes that
-are not UTF-8; CSV text cells that a spreadsheet would run as a formula get a
-leading quote; stdout with any encoding gets backslash escapes instead of a
-UnicodeEncodeError. Annotated files never replace a file this run did not
-write, and are written atomically.
+streamed as text, JSON or CSV while units finish. Every name and label goes out
+through ``escaping`` (control characters, formulas, the stream's encoding).
 """
 from __future__ import annotations
 
@@ -15,50 +8,12 @@ import csv
 import io
 import json
 import textwrap
-import unicodedata
 from gender_age.faces import videos as faces
 from gender_age.predict.units import Unit
 from gender_age.predict.base import ModelPredictor
-BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
-FORMULA_START = ("=", "+", "-", "@")  # a spreadsheet runs a cell starting with these
+from gender_age.predict.escaping import OutputError, SafeWriter, csv_text, printable  # noqa: F401 (re-exported)
+
 MAX_FILE_WIDTH = 60  # text output pads file names up to this many characters
-
-
-class OutputError(Exception):
-    """An output (stdout, an annotated file) cannot be written; the message says which and why."""
-
-
-def printable(text) -> str:
-    """``text`` safe on one line of output: newlines, tabs and other control characters as
-    backslash escapes (\\n, \\x1b), bytes of a file name that are not UTF-8 (surrogateescape)
-    as \\xNN, bidirectional overrides as \\uNNNN."""
-    text = str(text)
-    if text.isprintable():
-        return text
-    out = []
-    for ch in text:
-        o = ord(ch)
-        if 0xDC80 <= o <= 0xDCFF:
-            out.append(f"\\x{o - 0xDC00:02x}")
-        elif ch in "\n\r\t":
-            out.append(repr(ch)[1:-1])
-        elif unicodedata.category(ch) in ("Cc", "Cs", "Zl", "Zp") or ch in BIDI_CONTROLS:
-            out.append(f"\\x{o:02x}" if o < 0x100 else f"\\u{o:04x}")
-        else:
-            out.append(ch)
-    return "".join(out)
-
-
-def csv_text(value: str) -> str:
-    """A CSV text cell (file name, label): ``printable``, and quoted with a leading ' when a
-    spreadsheet would take it for a formula (numbers such as -0.5 stay as they are)."""
-    value = printable(value)
-    if value.startswith(FORMULA_START):
-        try:
-            float(value)
-        except ValueError:
-            return "'" + value
-    return value
 
 
 def field_names(p: ModelPredictor, single: bool) -> dict[str, str]:
@@ -146,28 +101,6 @@ def model_cells(r: dict, p: ModelPredictor, single: bool, pad: bool = False) -> 
     if "age_group" in f:
         cells.append(printable(r[f["age_group"]] or "-"))
     return cells
-
-
-class SafeWriter:
-    """Writes text to ``stream`` (stdout) and flushes it, so records appear as units finish.
-    Characters the stream's encoding lacks become backslash escapes; any other OSError
-    (a full disk) is an OutputError."""
-
-    def __init__(self, stream):
-        self.stream = stream
-
-    def write(self, text: str) -> None:
-        try:
-            try:
-                self.stream.write(text)
-            except UnicodeEncodeError:  # nothing was written: the text is encoded first
-                enc = getattr(self.stream, "encoding", None) or "ascii"
-                self.stream.write(text.encode(enc, "backslashreplace").decode(enc))
-            self.stream.flush()
-        except BrokenPipeError:
-            raise
-        except OSError as e:
-            raise OutputError(f"cannot write the results ({e.strerror or e})") from None
 
 
 class RecordStream:
