@@ -18,12 +18,19 @@ py="$(bash "$here/scripts/setup.sh" 2>/dev/null | tail -n 1)"
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
 
 MODULES=(
+  "gender_age/train/losses.py=tests/train/test_losses.py,tests/train/test_losses_contracts.py,tests/train/test_guards_metrics.py"
   "gender_age/nets/ordinal.py=tests/nets/test_ordinal.py"
+  "gender_age/train/tasks.py=tests/train/test_tasks.py,tests/train/test_guards_metrics.py"
   "gender_age/data/age_groups.py=tests/data/test_age_groups.py,tests/train/test_age_gender.py::test_age_groups_parse,tests/train/test_age_gender.py::test_age_groups_refused,tests/train/test_guards_metrics.py,tests/predict/test_first_hour_predict.py::test_age_group_helpers"
+  "gender_age/data/sources.py=tests/data/test_sources_all_ages.py,tests/train/test_guards_sources.py,tests/train/test_age_gender.py::test_sources_labels_splits_and_leakage,tests/train/test_age_gender.py::test_sources_refuse_bad_trees,tests/train/test_age_gender.py::test_ages_outside_the_range_keep_their_gender,tests/train/test_age_gender.py::test_split_seed_holds_out_the_same_images_whatever_the_seed"
   "gender_age/data/leakage.py=tests/data/test_leakage.py,tests/data/test_leakage_thumbnails.py"
   "gender_age/data/strata.py=tests/data/test_strata.py"
-  "gender_age/train/losses.py=tests/train/test_losses.py,tests/train/test_guards_metrics.py"
-  "gender_age/train/tasks.py=tests/train/test_tasks.py,tests/train/test_guards_metrics.py,tests/train/test_losses.py"
+  "gender_age/faces/alignment.py=tests/faces/test_guards_chips.py,tests/faces/test_chips.py::test_similarity_fit_recovers_a_known_transform,tests/faces/test_chips.py::test_rolled_landmarks_land_on_the_template,tests/faces/test_chips.py::test_chip_outside_the_photo_is_black_and_the_margin_scales_the_face,tests/faces/test_chips.py::test_a_large_face_is_box_filtered_not_aliased,tests/faces/test_chips.py::test_main_face_prefers_the_large_centred_face,tests/faces/test_chips.py::test_framing_is_measured_on_the_central_square_and_moves_to_haar,tests/faces/test_chips.py::test_a_photo_of_rolled_faces_gives_upright_chips,tests/faces/test_chips.py::test_bad_chip_specs_are_refused"
+  "gender_age/train/chip_cache.py=tests/faces/test_guards_chips.py,tests/faces/test_chips.py::test_chips_are_cached_by_content_and_spec,tests/faces/test_chips.py::test_faceless_and_unreadable_images,tests/faces/test_chips.py::test_two_images_with_the_same_bytes_share_a_chip,tests/faces/test_chips.py::test_off_runs_measure_the_framing_of_a_sample,tests/faces/test_chips.py::test_an_unwritable_cache_is_a_one_line_error,tests/faces/test_chips.py::test_aligned_models_find_faces_as_their_chips_were_made"
+  "gender_age/core/checkpointing.py=tests/core/test_checkpointing.py"
+  "gender_age/nets/metadata.py=tests/nets/test_metadata.py"
+  "gender_age/predict/escaping.py=tests/predict/test_escaping.py,tests/predict/test_guards_output.py"
+  "gender_age/train/run_folder.py=tests/train/test_run_folder.py,tests/train/test_guards_policy.py"
 )
 [ $# -gt 0 ] && MODULES=("$@")
 work="${MUTATION_WORK:-$(mktemp -d)}"
@@ -56,7 +63,13 @@ for spec in "${MODULES[@]}"; do
   notests=$(grep -c ": no tests$" <<<"$results" || true)
   total=$((killed + timeout + survived))
   score=$([ "$total" -gt 0 ] && echo "scale=1; 100 * ($killed + $timeout) / $total" | bc || echo "-")
-  row="| \`$module\` | $(sed 's/,/, /g; s/\([^ ,][^ ,]*\)/`\1`/g' <<<"$tests") | $killed | $timeout | $survived | $notests | $score% |"
+  files="$(tr ',' '\n' <<<"$tests" | python3 -c 'import sys
+seen = {}
+for t in sys.stdin.read().split():
+    f, _, node = t.partition("::")
+    seen[f] = seen.get(f, False) or bool(node)
+print(", ".join(f"`{f}`" + (" (some)" if part else "") for f, part in seen.items()))')"
+  row="| \`$module\` | $files | $killed | $timeout | $survived | $notests | $score% |"
   # the table in docs/mutation.md keeps one row per module: this run replaces its module's row
   python3 - "$report" "$module" "$row" <<'PY'
 import sys
@@ -72,6 +85,10 @@ else:
 open(path + ".tmp", "w").write("\n".join(lines))
 PY
   mv "$report.tmp" "$report"
-  grep ": survived$" <<<"$results" | sed "s#^#survived in $module: #" >&2 || true
+  # each survivor's change, to read (and to kill with a test, or to justify in docs/mutation.md)
+  for name in $(grep ": survived$" <<<"$results" | sed 's/: survived$//'); do
+    echo "### $name"; (cd "$copy" && "$py" -m mutmut show "$name" 2>/dev/null | grep -E '^[-+][^-+]')
+  done > "$copy.survivors.txt"
+  echo "$module: $killed killed, $timeout timeout, $survived survived (listed in $copy.survivors.txt)" >&2
 done
 grep '^| `' "$report"
