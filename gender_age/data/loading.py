@@ -1,8 +1,7 @@
 """Loading a run's images: decoded once into memory (``CachedImages``) or every epoch in
 workers when memory is short (``StreamingImages``; ``choose_cache_mode``), unreadable
 files found, listed and skipped (``check_files``, ``report_bad``), and the batch order
-of an epoch, sharded over processes (``epoch_order``, ``weighted_epoch_order``,
-``iterate_batches``).
+of an epoch, sharded over processes (``epoch_order``, ``iterate_batches``).
 """
 from __future__ import annotations
 
@@ -257,13 +256,3 @@ def epoch_order(n: int, seed: int, epoch: int, rank: int, world: int) -> list[in
     pad = (-n) % world
     order += order[:pad]
     return shard(order, rank, world)
-
-
-def weighted_epoch_order(weights: torch.Tensor, seed: int, epoch: int, rank: int, world: int) -> list[int]:
-    """``epoch_order`` for ``--sampling balanced``: len(weights) indices drawn with replacement,
-    index i with probability weights[i] / weights.sum(), seeded as epoch_order, then sharded."""
-    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    n = len(weights)
-    order = torch.multinomial(weights, n + (-n) % world, replacement=True, generator=g).tolist()
-    return shard(order, rank, world)
-

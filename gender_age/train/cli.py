@@ -37,7 +37,6 @@ from gender_age.train import chip_cache as face_chips
 from gender_age.train import run_folder
 from gender_age.train import config as settings
 from gender_age.data import sources
-from gender_age.data import strata
 from gender_age.train import trainer
 from gender_age.train.config import ArgumentError, validate_args
 from gender_age.core.checkpointing import CheckpointError, load_checkpoint
@@ -173,9 +172,6 @@ def add_age_gender_args(g) -> None:
                    help="weight of the gender loss (default: 8; the age loss sums over the age thresholds: 8 "
                         "beat 4 on validation gender and age MAE in the 40-epoch recipe, docs/results.md)")
     g.add_argument("--age-weight", type=float, default=1.0, help="weight of the age loss")
-    g.add_argument("--sampling", default="uniform", choices=("uniform", "balanced"),
-                   help="the images of an epoch: each once (uniform), or drawn with replacement, each with weight "
-                        "1/sqrt(size of its source x UTKFace race x gender x age band) (balanced; default: uniform)")
     g.add_argument("--pretrained", default=None, metavar="PATH|imagenet",
                    help="start a ResNet from ImageNet weights: torchvision's download and cache (TORCH_HOME), or "
                         "a state-dict file of torchvision's ResNet; default: random weights")
@@ -299,8 +295,7 @@ def main(args, given: set[str] | None = None) -> dict:
            "selected_on": "validation split" if sel.val else "test split (--val-split 0)",
            "ema": make_ema(model, args.ema_epochs, steps) if args.ema_epochs > 0 else None,
            "stale": stale, "data_fingerprint": run_folder.data_fingerprint(sel), "chips": chips,
-           "label_names": sel.label_names, "timing": timing,
-           "sample_weights": sampling_weights(args, train_data, sel)}
+           "label_names": sel.label_names, "timing": timing}
     state = {"epoch": 0, "next_batch": 0, "running": None, "iter_losses": []}
     history = trainer.resume(source, model, optimizer, scheduler, state, ctx, args, log) if source else []
     if world > 1:
@@ -310,14 +305,6 @@ def main(args, given: set[str] | None = None) -> dict:
     summary = trainer.test_best(model, test_data, out / "model_best.tar", args, ctx, out, log)
     shutdown_distributed()
     return summary
-
-
-def sampling_weights(args, train_data, sel):
-    """The drawing weight of each training image for --sampling balanced; None for uniform."""
-    if getattr(args, "sampling", "uniform") != "balanced":
-        return None
-    utk = {i for i, s in enumerate(sel.label_names["sources"]) if s["kind"] == "utkface"}
-    return strata.balanced_weights(train_data.paths, train_data.targets, int(sel.classes[0]), utk)
 
 
 def cli(argv=None) -> int:

@@ -59,8 +59,7 @@ MODEL_KEYS = ("task", "arch", "dropout", "resize", "crop", "loss", "ce_mode", "m
 # the run's training recipe: resume takes it from the checkpoint
 TRAINING_KEYS = ("recipe", "optimizer", "lr", "lr_step", "lr_gamma", "weight_decay", "schedule", "batch_size",
                  "mixup", "aug", "ema_epochs", "label_smoothing", "imp_weight", "val_split", "bias_init",
-                 "init_from", "seed", "split_seed", "max_per_class", "gender_weight", "age_weight", "pretrained",
-                 "sampling")
+                 "init_from", "seed", "split_seed", "max_per_class", "gender_weight", "age_weight", "pretrained")
 # taken from the checkpoint unless given: where the data is, and (on resume) the run's length and rhythm
 DATA_KEYS = ("dataset", "data_dir", "train_csv", "test_csv", "image_dir", "path_column", "age_column",
              "csv_age_offset", "random_split", "source")
@@ -203,7 +202,7 @@ TASK_FLAGS = {
     **dict.fromkeys(("image_dir", "random_split"), ("gender", "exact-age")),
     **dict.fromkeys(("min_age", "max_age"), ("gender", "exact-age", "age-gender")),
     **dict.fromkeys(("train_csv", "test_csv", "path_column", "age_column", "csv_age_offset"), ("exact-age",)),
-    **dict.fromkeys(("source", "age_groups", "gender_weight", "age_weight", "sampling"), ("age-gender",)),
+    **dict.fromkeys(("source", "age_groups", "gender_weight", "age_weight"), ("age-gender",)),
 }
 # the gender task reads these with --dataset utkface only (genders from UTKFace names)
 UTKFACE_GENDER_FLAGS = ("image_dir", "random_split", "min_age", "max_age")

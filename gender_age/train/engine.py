@@ -18,7 +18,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from gender_age.core.checkpointing import first_non_finite
-from gender_age.data.loading import epoch_order, iterate_batches, shard, weighted_epoch_order
+from gender_age.data.loading import epoch_order, iterate_batches, shard
 from gender_age.core.runtime import all_reduce_sum, show_progress
 
 
@@ -199,10 +199,7 @@ def train_one_epoch(model, optimizer, scheduler, data, state: dict, args, ctx) -
     epoch, next_batch, the running statistics, and the aug generator."""
     model.train()
     task = ctx["task"]
-    if ctx.get("sample_weights") is not None:  # --sampling balanced
-        order = weighted_epoch_order(ctx["sample_weights"], args.seed, state["epoch"], ctx["rank"], ctx["world"])
-    else:
-        order = epoch_order(len(data), args.seed, state["epoch"], ctx["rank"], ctx["world"])
+    order = epoch_order(len(data), args.seed, state["epoch"], ctx["rank"], ctx["world"])
     per_proc = max(1, args.batch_size // ctx["world"])
     n_batches = steps_per_epoch(len(data), args, ctx["world"])
     start = state["next_batch"]

@@ -253,25 +253,3 @@ def test_age_gender_recipe_defaults(argv, key, value):
     args = gac.get_args_parser().parse_args(argv)
     settings.resolve_defaults(args, settings.task_name(args))
     assert getattr(args, key) == value
-
-
-def test_balanced_sampling_draws_each_epoch_by_the_stratum_weights(tmp_path, monkeypatch):
-    from gender_age.data import strata
-    from gender_age.train import engine
-    d = make_sources(tmp_path)
-    drawn = []
-
-    def spy(weights, seed, epoch, rank, world):
-        drawn.append((weights.clone(), epoch))
-        return engine.epoch_order(len(weights), seed, epoch, rank, world)
-    monkeypatch.setattr(engine, "weighted_epoch_order", spy)
-    argv = ["--task", "age-gender", *sum((["--source", s] for s in source_args(d).source), []), "-ep", "2", "--seed", "3",
-            *LIGHT]
-    assert gac.cli([*argv, "--checkpoint-dir", str(tmp_path / "uniform")]) == 0 and drawn == []
-    assert gac.cli([*argv, "--checkpoint-dir", str(tmp_path / "run"), "--sampling", "balanced"]) == 0
-    train = sources.select(source_args(d, seed=3), log=lambda _: None)[0]
-    lo = int(train.classes[0])
-    expected = strata.balanced_weights(train.paths, torch.tensor(train.targets), lo, {0})
-    assert [e for _, e in drawn] == [0, 1] and torch.allclose(drawn[0][0], expected)
-    assert load_checkpoint(tmp_path / "run" / "model_best.tar")["args"]["sampling"] == "balanced"
-    assert gac.cli(["--task", "gender", "--sampling", "balanced", "--data-dir", str(d["g"])]) == 2  # age-gender only

@@ -41,7 +41,7 @@ ACTS = {
     "min_age": ORDINAL, "max_age": ORDINAL,
     "train_csv": ("exact-age",), "test_csv": ("exact-age",), "path_column": ("exact-age",),
     "age_column": ("exact-age",), "csv_age_offset": ("exact-age",),
-    "source": ("age-gender",), "age_groups": ("age-gender",), "gender_weight": ("age-gender",), "sampling": ("age-gender",),
+    "source": ("age-gender",), "age_groups": ("age-gender",), "gender_weight": ("age-gender",),
     "age_weight": ("age-gender",), "pretrained": ALL, "max_per_class": ALL,
     "checkpoint_dir": ALL, "val_split": ALL, "seed": ALL, "split_seed": ALL, "device": ALL, "workers": ALL,
     "threads": ALL, "cache": ALL, "amp": ALL, "eval_every": ALL, "save_every": ALL, "resume": ALL,
