@@ -95,9 +95,9 @@ class OrdinalTask:
         """Summable (5,) float64: n, |error| sum, error^2 sum, count within 5 years, loss sum."""
         err = (self.predict(logits) - y.double()).abs()
         # an empty shard (a process with no evaluation batch) adds zeros, not the NaN of an empty mean
-        loss_sum = self.loss(logits, y).double() * len(y) if len(y) else torch.zeros((), dtype=torch.float64)
-        return torch.stack([torch.tensor(float(len(y)), dtype=torch.float64), err.sum(), (err ** 2).sum(),
-                            (err <= 5).double().sum(), loss_sum])
+        loss_sum = self.loss(logits, y).double() * len(y) if len(y) else err.new_zeros(())
+        return torch.stack([err.new_tensor(float(len(y))), err.sum(), (err ** 2).sum(), (err <= 5).double().sum(),
+                            loss_sum])
 
     def metrics(self, stats: torch.Tensor) -> dict:
         n = max(1.0, stats[0].item())
@@ -138,9 +138,9 @@ class AgeGenderTask:
         """Per-head sums (not means) over the images that have that label: (gender, age), scalars."""
         gl, al = self.split(logits)
         has_g, has_a = y[:, 0] != MISSING, y[:, 1] != MISSING
-        zero = logits.sum() * 0.0  # keeps the graph when a batch has no label of a kind
-        g = F.cross_entropy(gl[has_g], y[has_g, 0], reduction="sum") if has_g.any() else zero
-        a = self.age.loss(al[has_a], y[has_a, 1]) * has_a.sum() if has_a.any() else zero
+        # with no gender label the sum is 0 (and keeps the graph); the age loss is a mean, NaN on nothing
+        g = F.cross_entropy(gl[has_g], y[has_g, 0], reduction="sum")
+        a = self.age.loss(al[has_a], y[has_a, 1]) * has_a.sum() if has_a.any() else logits.sum() * 0.0
         return g, a
 
     def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -162,11 +162,9 @@ class AgeGenderTask:
         has_g, has_a = y[:, 0] != MISSING, y[:, 1] != MISSING
         conf = torch.bincount(y[has_g, 0] * self.g + gender[has_g], minlength=self.g * self.g).double()
         err = (rank[has_a] - y[has_a, 1].double()).abs()
-        g, a = (v.detach().double() for v in self.head_losses(logits, y)) if len(y) else \
-            (torch.zeros((), dtype=torch.float64),) * 2
+        g, a = (v.detach().double() for v in self.head_losses(logits, y))
         age = torch.stack([has_a.sum().double(), err.sum(), (err ** 2).sum(), (err <= 5).double().sum()])
-        counts = torch.stack([has_g.sum().double(), has_a.sum().double(),
-                              torch.tensor(float(len(y)), dtype=torch.float64)])
+        counts = torch.stack([has_g.sum().double(), has_a.sum().double(), err.new_tensor(float(len(y)))])
         return torch.cat([conf, age, torch.stack([g, a]), counts])
 
     def metrics(self, stats: torch.Tensor) -> dict:

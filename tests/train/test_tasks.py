@@ -149,3 +149,28 @@ def test_age_gender_batch_without_labels():
 def test_age_gender_selects_the_lower_loss(new, best, better):
     t, _, _ = age_gender_batch()
     assert t.select_metric == "loss" and t.is_better(new, best, 0.0, 9.0) is better
+
+
+def test_defaults_and_single_images():
+    logits, y = torch.tensor([[0.2, 1.0]]), torch.tensor([1])
+    c = ClassificationTask(["a", "b"])
+    assert torch.allclose(c.loss(logits, y), F.cross_entropy(logits, y))  # no smoothing unless asked
+    m = c.metrics(c.stats(logits, y))
+    assert m["acc"] == 1.0 and m["loss"] == pytest.approx(F.cross_entropy(logits, y).item())
+    t = AgeGenderTask(["female", "male"], OrdinalTask("coral", 4, 0))  # weights 1 and 1
+    one = torch.cat([torch.tensor([[0.0, 2.0]]), rank_logits([2], 4)], 1)
+    yy = torch.tensor([[1, 1, 0, -1]])  # one gender label (right), one age label (one year off)
+    g, a = t.head_losses(one, yy)
+    assert t.loss(one, yy).item() == pytest.approx((g + a).item())
+    m = t.metrics(t.stats(one, yy))
+    assert (m["acc"], m["mae"], m["rmse"], m["cs5"]) == (1.0, 1.0, 1.0, 1.0)
+    assert m["loss"] == pytest.approx((g + a).item())
+
+
+def test_age_gender_reads_ages_with_its_ce_mode():
+    probs = torch.log(torch.tensor([[0.5, 0.0001, 0.4999]]))
+    logits = torch.cat([torch.zeros(1, 2), probs], 1)
+    expect = AgeGenderTask(["f", "m"], OrdinalTask("ce", 3, 0, ce_mode="expectation"))
+    argmax = AgeGenderTask(["f", "m"], OrdinalTask("ce", 3, 0))
+    assert expect.predict(logits)[2].item() == pytest.approx(0.9999, abs=1e-3)
+    assert argmax.predict(logits)[2].item() == 0.0
