@@ -25,6 +25,7 @@ from PIL import Image, ImageDraw
 
 from gender_age.data import selection
 from gender_age.data import transforms
+from gender_age.faces import chip_store
 from gender_age.train import chip_cache as face_chips
 from gender_age.faces import alignment
 from gender_age.faces import detectors
@@ -328,7 +329,7 @@ def test_chips_are_cached_by_content_and_spec(tmp_path, dots):
     assert len(cached) == 8
     # a second run reads them all; a changed image is made again, and so is a damaged entry
     draw_face(1, 99, 51).save(path)
-    entry = Path(face_chips.chip_entry(sel.train.paths[1], spec, cached[0].parents[1], None)[0])
+    entry = Path(chip_store.chip_entry(sel.train.paths[1], spec, cached[0].parents[1], None)[0])
     entry.write_bytes(entry.read_bytes()[:-1])
     with pytest.raises(images.BadImageError, match="is damaged"):
         load(sel.train.paths[1])
@@ -422,8 +423,8 @@ def training_input(spec: alignment.ChipSpec, path: Path, cache: Path) -> np.ndar
     """What a run with ``spec`` trained and tested on for the image ``path``: its cached chip, or
     the image decoded (--face-chips off); (H, W, 3) floats."""
     if spec.mode == "aligned":
-        chip = face_chips.chip_entry(path, spec, cache / face_chips.spec_key(spec), None)[0]
-        return face_chips.read_chip(chip, spec.size).permute(1, 2, 0).numpy().astype(float)
+        chip = chip_store.chip_entry(path, spec, cache / chip_store.spec_key(spec), None)[0]
+        return chip_store.read_chip(chip, spec.size).permute(1, 2, 0).numpy().astype(float)
     return images.decode_resized(path, spec.size).permute(1, 2, 0).numpy().astype(float)
 
 
@@ -476,8 +477,8 @@ def test_the_chip_predict_py_cuts_is_the_training_chip(trained):
     spec = predictor.Predictor(trained["aligned"] / "model_best.tar", torch.device("cpu")).chips
     path = sorted((trained["data"]["aligned"] / "test").rglob("*.png"))[1]
     (region,) = inference.find_regions(images.load_rgb(path), "auto", DotDetector(), [spec])
-    cached = face_chips.chip_entry(path, spec, trained["cache"] / face_chips.spec_key(spec), None)[0]
-    assert torch.equal(images.pil_to_uint8_tensor(region.squares[spec]), face_chips.read_chip(cached, spec.size))
+    cached = chip_store.chip_entry(path, spec, trained["cache"] / chip_store.spec_key(spec), None)[0]
+    assert torch.equal(images.pil_to_uint8_tensor(region.squares[spec]), chip_store.read_chip(cached, spec.size))
 
 
 def test_test_only_and_resume_take_the_chip_spec_from_the_checkpoint(trained, tmp_path, dots, capsys):

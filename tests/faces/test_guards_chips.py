@@ -11,7 +11,7 @@ from PIL import Image
 
 from gender_age.faces import alignment, geometry
 from gender_age.faces.geometry import Face, Geometry
-from gender_age.train import chip_cache
+from gender_age.faces import chip_store
 
 
 def test_median_framing_ignores_a_few_bad_detections():
@@ -32,17 +32,17 @@ BASE = alignment.ChipSpec("aligned", 40, 0.25)
                                     {"template": alignment.TEMPLATE[:4] + ((0.63, 0.83),)}])
 def test_every_field_that_shapes_a_chip_changes_the_cache_key(change):
     other = dataclasses.replace(BASE, **change)
-    assert chip_cache.spec_key(other) != chip_cache.spec_key(BASE)
-    assert chip_cache.spec_key(dataclasses.replace(BASE)) == chip_cache.spec_key(BASE)  # and is stable
+    assert chip_store.spec_key(other) != chip_store.spec_key(BASE)
+    assert chip_store.spec_key(dataclasses.replace(BASE)) == chip_store.spec_key(BASE)  # and is stable
 
 
 def test_cache_key_changes_with_the_chip_version_and_detector_size(monkeypatch):
-    before = chip_cache.spec_key(BASE)
-    monkeypatch.setattr(chip_cache, "CHIP_VERSION", chip_cache.CHIP_VERSION + 1)
-    assert chip_cache.spec_key(BASE) != before
+    before = chip_store.spec_key(BASE)
+    monkeypatch.setattr(chip_store, "CHIP_VERSION", chip_store.CHIP_VERSION + 1)
+    assert chip_store.spec_key(BASE) != before
     monkeypatch.undo()
-    monkeypatch.setattr(chip_cache.detectors, "DETECT_SIZE", chip_cache.detectors.DETECT_SIZE + 1)
-    assert chip_cache.spec_key(BASE) != before
+    monkeypatch.setattr(chip_store.detectors, "DETECT_SIZE", chip_store.detectors.DETECT_SIZE + 1)
+    assert chip_store.spec_key(BASE) != before
 
 
 class OneFace:
@@ -66,12 +66,12 @@ def test_the_cache_entry_follows_the_image_bytes(tmp_path):
     Image.fromarray(pixels).save(same)
     pixels[0, 0, 0] ^= 1
     Image.fromarray(pixels).save(changed)
-    det, folder = OneFace(), tmp_path / chip_cache.spec_key(BASE)
-    first = chip_cache.chip_entry(a, BASE, folder, det)
+    det, folder = OneFace(), tmp_path / chip_store.spec_key(BASE)
+    first = chip_store.chip_entry(a, BASE, folder, det)
     assert first[2] and det.calls == 1
-    again = chip_cache.chip_entry(same, BASE, folder, det)  # the same bytes elsewhere: the cached chip
+    again = chip_store.chip_entry(same, BASE, folder, det)  # the same bytes elsewhere: the cached chip
     assert again[0] == first[0] and not again[2] and det.calls == 1
-    other = chip_cache.chip_entry(changed, BASE, folder, det)  # one changed byte: a new chip
+    other = chip_store.chip_entry(changed, BASE, folder, det)  # one changed byte: a new chip
     assert other[0] != first[0] and other[2] and det.calls == 2
 
 
