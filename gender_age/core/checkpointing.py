@@ -83,7 +83,7 @@ def atomic_torch_save(obj, *paths: str | os.PathLike) -> None:
     buf = io.BytesIO()
     torch.save(obj, buf)
     for path in paths:
-        with atomic_write(path, "wb") as f:
+        with atomic_write(path) as f:
             f.write(buf.getbuffer())
 
 

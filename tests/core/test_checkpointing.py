@@ -4,8 +4,10 @@ fine-tuning start copies."""
 from __future__ import annotations
 
 import os
+import pickle
 import re
 from collections import namedtuple
+from pathlib import Path
 
 import pytest
 import torch
@@ -179,4 +181,67 @@ def test_transfer_weights_keeps_tensors_of_another_shape_and_refuses_another_net
                             set())
     with pytest.raises(CheckpointError, match="cannot be a start for --init-from"):
         ck.transfer_weights(net(), {"model_state": {}, "model_args": {"arch": "mlp", "members": 2}}, "c.tar", "mlp",
+                            [], set())
+
+
+def test_the_umask_is_read_from_proc_without_changing_it(umask_027, monkeypatch):
+    monkeypatch.setattr(ck.os, "umask", lambda mask: (_ for _ in ()).throw(AssertionError("umask changed")))
+    assert ck.current_umask() == 0o027
+
+
+def test_the_write_probe_is_made_in_the_folder_itself(tmp_path, monkeypatch):
+    made = []
+    real = ck.tempfile.NamedTemporaryFile
+
+    def spy(*a, **k):
+        f = real(*a, **k)
+        made.append(Path(f.name).parent)
+        return f
+    monkeypatch.setattr(ck.tempfile, "NamedTemporaryFile", spy)
+    ck.check_writable(tmp_path / "run")
+    assert made == [tmp_path / "run"]
+
+
+def test_the_not_writable_message_gives_the_reason_only(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with refused(f"checkpoint folder {tmp_path / 'file'} is not writable (File exists): choose another with "
+                 f"--checkpoint-dir"):
+        ck.check_writable(tmp_path / "file")
+
+
+def test_checkpoints_load_where_asked(tmp_path):
+    torch.save({"model_state": {"w": torch.ones(2)}, "model_args": {}}, tmp_path / "c.tar")
+    assert ck.load_checkpoint(tmp_path / "c.tar", map_location="meta")["model_state"]["w"].device.type == "meta"
+    assert ck.load_tensors(tmp_path / "c.tar")["model_state"]["w"].device.type == "cpu"
+    assert ck.load_tensors(tmp_path / "c.tar", map_location="meta")["model_state"]["w"].device.type == "meta"
+
+
+@pytest.mark.parametrize("error,shown", [
+    (pickle.UnpicklingError("line one\nline two"), "refused to load c.tar: it holds objects other than tensors and "
+                                                   "plain data, which could run code (line one)"),
+    (pickle.UnpicklingError("  "), "refused to load c.tar: it holds objects other than tensors and plain data, which "
+                                   "could run code (unsafe content)"),
+    (pickle.UnpicklingError("u" * 200), "refused to load c.tar: it holds objects other than tensors and plain data, "
+                                        "which could run code (" + "u" * 160 + ")"),
+    (RuntimeError("bad\nworse"), "c.tar is not a readable checkpoint (truncated or not a PyTorch file: bad)"),
+    (EOFError(), "c.tar is not a readable checkpoint (truncated or not a PyTorch file: EOFError)"),
+    (OSError("r" * 200), "c.tar is not a readable checkpoint (truncated or not a PyTorch file: " + "r" * 160 + ")"),
+])
+def test_load_errors_show_their_first_line(monkeypatch, error, shown):
+    def fail(*a, **k):
+        raise error
+    monkeypatch.setattr(torch, "load", fail)
+    with refused(shown):
+        ck.load_tensors(Path("c.tar"))
+
+
+def test_files_without_classes_have_none():
+    ck.expect({"task": "gender", "model_args": {}}, "c.tar", classes=[])
+    theirs = net().state_dict()
+    kept = ck.transfer_weights(net(), {"model_state": theirs, "model_args": {"arch": "mlp"}}, "c.tar", "mlp", [],
+                               {"2.weight", "2.bias"})
+    assert kept == []  # no classes either side: the same labels, the head is copied too
+    with refused("e.tar is an ensemble of 2 networks (ensemble.py): it evaluates and predicts, but cannot be a start "
+                 "for --init-from; use one of its members' checkpoints"):
+        ck.transfer_weights(net(), {"model_state": {}, "model_args": {"arch": "mlp", "members": 2}}, "e.tar", "mlp",
                             [], set())

@@ -171,3 +171,23 @@ def test_each_unusable_field_is_named(base, path, value, message):
 def test_the_message_ends_with_what_to_do():
     with pytest.raises(CheckpointError, match=r"^m.tar has unusable metadata: no 'model_args'; re-export or retrain it$"):
         check_metadata(changed(GENDER, "model_args", None), "m.tar")
+
+
+def test_more_ends_of_ranges():
+    check_metadata(changed(GENDER, "classes", [str(i) for i in range(10_000)]) | {"model_args": {
+        "arch": "levi_hassner", "num_outputs": 10_000}}, "m")
+    hundred = [f"g{i}" for i in range(100)]
+    check_metadata(changed(changed(AGE_GENDER, "genders", hundred), "model_args.genders", 100), "m")
+    with pytest.raises(CheckpointError, match="genders must be a list of 2 or more"):
+        check_metadata(changed(changed(AGE_GENDER, "genders", hundred + ["x"]), "model_args.genders", 101), "m")
+    check_metadata(changed(AGE_GENDER, "genders", ["f", "m" * 100]), "m")
+    eyes = changed(changed(AGE_GENDER, "chips.template.0", [0.0, 0.46]), "chips.template.1", [0.05, 0.46])
+    check_metadata(eyes, "m")  # exactly 0.05 apart: enough
+
+
+def test_off_chips_keep_their_size_and_framing():
+    off = changed(GENDER, "chips", {"mode": "off", "size": 72,
+                                   "framing": {"detector": "mtcnn", "cx": 0.5, "cy": 0.4, "w": 0.6, "h": 0.7}})
+    spec = check_metadata(off, "m")["chips"]
+    assert (spec.mode, spec.size, spec.margin) == ("off", 72, 0.0)
+    assert (spec.framing.cx, spec.framing.cy, spec.framing.w, spec.framing.h) == (0.5, 0.4, 0.6, 0.7)
