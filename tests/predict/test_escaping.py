@@ -81,3 +81,13 @@ def test_safe_writer_errors():
         escaping.SafeWriter(Stream(fail=OSError("disk gone"))).write("x")
     with pytest.raises(BrokenPipeError):  # the caller ends quietly on a closed pipe
         escaping.SafeWriter(Stream(fail=BrokenPipeError(errno.EPIPE, "Broken pipe"))).write("x")
+
+
+def test_safe_writer_keeps_what_the_stream_encoding_has():
+    s = Stream("latin-1")
+    escaping.SafeWriter(s).write("caf\u00e9 \u6771")  # é is latin-1, 東 is not
+    assert s.getvalue() == "caf\u00e9 \\u6771"
+
+
+def test_a_surrogate_just_past_the_escape_range():
+    assert escaping.printable("\udd00") == "\\udd00"
