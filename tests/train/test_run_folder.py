@@ -208,3 +208,69 @@ def test_latest_checkpoint(tmp_path):
     assert run_folder.latest_checkpoint(tmp_path) == tmp_path / "checkpoint10.tar"  # by number, not by name
     (tmp_path / "checkpoint_last.tar").write_text("x")
     assert run_folder.latest_checkpoint(tmp_path) == tmp_path / "checkpoint_last.tar"
+
+
+def test_more_rules(tmp_path, monkeypatch):
+    # a bare namespace (no --overwrite attribute) never replaces a run
+    (tmp_path / "metrics.jsonl").write_text("x")
+    with pytest.raises(run_folder.RunFolderError, match="already holds a run"):
+        run_folder.claim(tmp_path, SimpleNamespace(test_only=False, resume=None))
+    run_folder.release_locks()
+    # the room a run needs is checked before the folder is taken
+    monkeypatch.setattr(run_folder, "check_writable", lambda out, need_bytes=0: seen.append(need_bytes))
+    seen = []
+    (tmp_path / "new").mkdir()
+    run_folder.claim(tmp_path / "new", args(), need_bytes=12345)
+    assert seen == [12345]
+
+
+def test_every_dry_run_gets_its_own_folder(monkeypatch, tmp_path):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setattr(run_folder.tempfile, "tempdir", str(tmp_path))
+    a, b = args(dry_run=True), args(dry_run=True)
+    run_folder.use_temporary_folder(a)
+    run_folder.use_temporary_folder(b)
+    assert a.checkpoint_dir != b.checkpoint_dir
+
+
+def test_data_roots_of_class_index_targets(tmp_path):
+    sel = selection(tmp_path, ["t/f/a.jpg", "t/m/b.jpg"], ["s/f/c.jpg"])
+    sel.train.targets, sel.test.targets = [0, 1], [0]  # a classifier's targets: class indices
+    assert sorted(run_folder.data_roots(sel)) == [tmp_path / "s/f", tmp_path / "t"]
+
+
+def test_the_fingerprint_sees_names_missing_files_and_odd_bytes(tmp_path):
+    one = selection(tmp_path / "x", ["a.jpg", "b.jpg"], ["c.jpg"])
+    two = selection(tmp_path / "y", ["a.jpg", "d.jpg"], ["c.jpg"])  # the same sizes and labels, another name
+    assert run_folder.data_fingerprint(one)["sha256"] != run_folder.data_fingerprint(two)["sha256"]
+    (tmp_path / "x" / "b.jpg").unlink()
+    gone = run_folder.data_fingerprint(one)["sha256"]
+    (tmp_path / "x" / "b.jpg").write_bytes(b"x")
+    assert run_folder.data_fingerprint(one)["sha256"] != gone  # a missing file is not a 1-byte file
+    odd = os.fsdecode(bytes(tmp_path / "x") + b"/\xff.jpg")  # a name that is not UTF-8
+    Path(odd).write_bytes(b"x")
+    one.train.paths.append(odd)
+    one.train.targets.append((0, 1, 0, 0))
+    assert len(run_folder.data_fingerprint(one)["sha256"]) == 64
+
+
+def test_check_resume_details():
+    sched = SimpleNamespace(total_steps=100)
+    run_folder.check_resume(ckpt(total=100, data=None), "c.tar", SimpleNamespace(), None, args(), print)  # no one-cycle
+    saved = {"sha256": "a"}  # from before counts were stored
+    with pytest.raises(CheckpointError, match=re.escape("(train ? -> 2 images,")):
+        run_folder.check_resume(ckpt(data=saved), "c.tar", sched, {"sha256": "b", "counts": {"train": 2}}, args(),
+                                print)
+    with pytest.raises(CheckpointError, match=re.escape("(train ? -> 2 images,")):
+        run_folder.check_resume(ckpt(data=saved), "c.tar", sched, {"sha256": "b", "counts": {"train": 2}},
+                                SimpleNamespace(), print)
+    for part in ("model_state", "train_state"):
+        bad = ckpt(data=None)
+        bad[part] = {"w": torch.tensor([float("inf")])}
+        with pytest.raises(CheckpointError, match=r"^c\.tar holds non-finite weights \(NaN or infinity in w\)"):
+            run_folder.check_resume(bad, "c.tar", sched, None, args(), print)
+
+
+def test_latest_checkpoint_of_one_digit(tmp_path):
+    (tmp_path / "checkpoint7.tar").write_text("x")
+    assert run_folder.latest_checkpoint(tmp_path) == tmp_path / "checkpoint7.tar"
