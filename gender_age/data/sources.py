@@ -118,7 +118,7 @@ def utkface_splits(folder: Path) -> tuple[Labelled, Labelled, list]:
 
 def folder_splits(kind: str, folder: Path, groups: list[dict]) -> tuple[Labelled, Labelled, list]:
     """(train, test, problems) of an ImageFolder tree of genders or of age groups."""
-    train_set = scan_image_folder(folder / "train", split_name="train")
+    train_set = scan_image_folder(folder / "train")
     test_set = scan_image_folder(folder / "test", classes=train_set.classes, split_name="test")
     if kind == "gender":
         unknown = [c for c in train_set.classes if c.lower() not in GENDER_NAMES]

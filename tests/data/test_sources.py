@@ -155,3 +155,6 @@ def test_dry_run_thins_each_source_before_hashing(tmp_path, monkeypatch):
                            val_split=0, seed=0, dry_run=True)
     train, _, test, *_ = sources.select(args, log=lambda _: None)
     assert len(train) == 12 and len(test) == 3 and len(seen) == 15
+    del args.dry_run  # a caller without the flag: no thinning
+    full = sources.select(args, log=lambda _: None)
+    assert len(full[0]) + len(full[2]) == 60 and len(full[2]) > 24
