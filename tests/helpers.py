@@ -123,3 +123,15 @@ def loaded_modules(code: str) -> set:
                    "'facenet_pytorch', 'yuface') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     return set(eval(out.strip().splitlines()[-1]))  # noqa: S307 - our own printed list
+
+
+def record_probe_folders(monkeypatch, module) -> list:
+    """Patch ``module.tempfile.NamedTemporaryFile`` to note the folder of every file it makes; returns the notes."""
+    made, real = [], module.tempfile.NamedTemporaryFile
+
+    def spy(*a, **k):
+        f = real(*a, **k)
+        made.append(Path(f.name).parent)
+        return f
+    monkeypatch.setattr(module.tempfile, "NamedTemporaryFile", spy)
+    return made

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import record_probe_folders
 from gender_age.core import checkpointing as ck
 from gender_age.core.checkpointing import CheckpointError
 
@@ -190,14 +191,7 @@ def test_the_umask_is_read_from_proc_without_changing_it(umask_027, monkeypatch)
 
 
 def test_the_write_probe_is_made_in_the_folder_itself(tmp_path, monkeypatch):
-    made = []
-    real = ck.tempfile.NamedTemporaryFile
-
-    def spy(*a, **k):
-        f = real(*a, **k)
-        made.append(Path(f.name).parent)
-        return f
-    monkeypatch.setattr(ck.tempfile, "NamedTemporaryFile", spy)
+    made = record_probe_folders(monkeypatch, ck)
     ck.check_writable(tmp_path / "run")
     assert made == [tmp_path / "run"]
 

@@ -75,9 +75,12 @@ def test_the_box_filter_of_a_square_at_the_corner_uses_the_whole_grid(k):
     assert np.abs(got - want).max() <= 1
 
 
-def test_a_square_wholly_outside_the_image_is_black():
+@pytest.mark.parametrize("tx,ty", [(-1000, -1000), (0, -1000), (-1000, 0), (-17, 0), (0, -17)])
+def test_a_square_wholly_outside_the_image_is_black(tx, ty):
+    # a 4x shrink of a place outside the image: far away, beside it in one direction only, or starting
+    # exactly where the image ends (-17: 4 * 17 = 68 = 64 + the filter's 4-pixel border)
     img = noise(64)
-    m = np.array([[0.25, 0, -1000], [0, 0.25, -1000]])  # a 4x shrink of a place far outside the image
+    m = np.array([[0.25, 0, tx], [0, 0.25, ty]], dtype=np.float64)
     assert np.asarray(alignment.warp_square(img, m, 16)).max() == 0
 
 

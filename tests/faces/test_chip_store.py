@@ -2,6 +2,8 @@
 entries made again when damaged, where the cache lives, and each message."""
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from pathlib import Path
 
@@ -10,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from helpers import record_probe_folders
 from gender_age.core.images import BadImageError, DatasetError
 from gender_age.faces import alignment, chip_store
 from gender_age.faces.geometry import Face
@@ -17,9 +20,13 @@ from gender_age.faces.geometry import Face
 SPEC = alignment.ChipSpec("aligned", 8, 0.05)
 
 
-def test_spec_key_names_the_mode_and_size():
-    key = chip_store.spec_key(SPEC)
-    assert re.fullmatch(r"aligned-8px-[0-9a-f]{16}", key)
+def test_spec_key_is_the_documented_digest():
+    # the folder's name is stable across releases as long as nothing that shapes a chip changes: the
+    # digest of the sorted JSON of mode, size, margin, template, detector, its input size and the chip version
+    what = {"mode": "aligned", "size": 8, "margin": 0.05, "template": alignment.TEMPLATE, "detector": "mtcnn",
+            "detect_size": chip_store.detectors.DETECT_SIZE, "version": chip_store.CHIP_VERSION}
+    digest = hashlib.blake2b(json.dumps(what, sort_keys=True).encode(), digest_size=8).hexdigest()
+    assert chip_store.spec_key(SPEC) == f"aligned-8px-{digest}"
     assert chip_store.spec_key(alignment.ChipSpec("off", 72)).startswith("off-72px-")
 
 
@@ -40,9 +47,10 @@ def test_damaged_chip_files_are_refused(tmp_path):
     path = tmp_path / "x.chip"
     chip_store.write_chip(path, Image.new("RGB", (8, 8)), (0.0, 0.0, 1.0, 1.0))
     whole = path.read_bytes()
-    for bad in (whole[:-1], whole + b"x", b"GACCHIP2" + whole[8:]):
+    for bad, why in ((whole[:-1], "not a whole chip file"), (whole + b"x", "not a whole chip file"),
+                     (b"GACCHIP2" + whole[8:], "not a chip file")):
         path.write_bytes(bad)
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match=f"^{why}$"):
             chip_store.read_framing(path, 8)
         with pytest.raises(BadImageError, match="^" + re.escape(f"its face chip {path} is damaged: delete it to have "
                                                                 f"it made again") + "$"):
@@ -97,7 +105,8 @@ def test_a_chip_that_cannot_be_stored_is_named(tmp_path):
     img = photo(tmp_path)
     (tmp_path / "file").write_text("x")
     folder = tmp_path / "file" / "cache"  # under a file: nothing can be written
-    with pytest.raises(BadImageError, match="^" + re.escape(f"its face chip cannot be stored in {folder} (") + ".+\\)$"):
+    with pytest.raises(BadImageError, match="^" + re.escape(f"its face chip cannot be stored in {folder} (Not a "
+                                                            f"directory)") + "$"):
         chip_store.chip_entry(img, SPEC, folder, face_finder())
     with pytest.raises(BadImageError, match="cannot be stored"):
         chip_store.chip_entry(img, SPEC, folder, Finder([]))
@@ -130,6 +139,12 @@ def test_check_cache(tmp_path):
     chip_store.check_cache(tmp_path / "a" / "b")
     assert (tmp_path / "a" / "b").is_dir() and list((tmp_path / "a" / "b").iterdir()) == []
     (tmp_path / "file").write_text("x")
-    with pytest.raises(DatasetError, match="^" + re.escape(f"chip cache {tmp_path / 'file'} is not writable (") +
-                       ".+" + re.escape("): choose another with --chip-cache") + "$"):
+    with pytest.raises(DatasetError, match="^" + re.escape(f"chip cache {tmp_path / 'file'} is not writable (File "
+                                                           f"exists): choose another with --chip-cache") + "$"):
         chip_store.check_cache(tmp_path / "file")
+
+
+def test_the_cache_probe_is_made_in_the_cache_folder(tmp_path, monkeypatch):
+    made = record_probe_folders(monkeypatch, chip_store)
+    chip_store.check_cache(tmp_path / "c")
+    assert made == [tmp_path / "c"]
