@@ -60,7 +60,7 @@ for spec in "${MODULES[@]}"; do
   survived=$(grep -c ": survived$" <<<"$results" || true)
   timeout=$(grep -c ": timeout$" <<<"$results" || true)
   notests=$(grep -c ": no tests$" <<<"$results" || true)
-  total=$((killed + timeout + survived))
+  total=$((killed + timeout + survived + notests))  # a mutant no test runs counts as not killed
   score=$([ "$total" -gt 0 ] && echo "scale=1; 100 * ($killed + $timeout) / $total" | bc || echo "-")
   files="$(tr ',' '\n' <<<"$tests" | python3 -c 'import sys
 seen = {}

@@ -99,3 +99,11 @@ def test_chip_image_frames_with_the_detector_it_was_given():
     want = alignment.face_chip(img, Face((20.0, 20.0, 60.0, 60.0), 0.9), spec, FixedDetector())
     assert np.array_equal(np.asarray(chip), np.asarray(want)) and framing == (0.5, 0.5, 0.5, 0.5)
     assert alignment.chip_image(img, SimpleNamespace(detect=lambda a: []), spec) == (None, None)
+
+
+def test_a_spec_as_the_checkpoint_stores_it():
+    aligned = alignment.ChipSpec("aligned", 72, 0.05, framing=FRAMING)
+    assert aligned.as_dict() == {"mode": "aligned", "size": 72, "margin": 0.05,
+                                 "template": [list(p) for p in alignment.TEMPLATE],
+                                 "framing": {"detector": "mtcnn", "cx": 0.5, "cy": 0.4, "w": 0.6, "h": 0.7}}
+    assert alignment.ChipSpec("off", 64, 0.3).as_dict() == {"mode": "off", "size": 64, "framing": None}
