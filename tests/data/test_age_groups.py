@@ -52,3 +52,8 @@ def test_groups_outside_a_range_at_its_boundaries():
         ag.check_within(groups, 21, 60)
     assert str(e.value) == ("age group a=0-20 lies outside the ages 21-60 that the model predicts, so no face can "
                             "ever be put in it: use groups within 21-60")
+
+
+def test_describe():
+    assert ag.describe(ag.parse("young=0-38,old=39-")) == "young 0-38, old 39-130"
+    assert ag.describe([{"name": "kid", "min": 0, "max": 12}]) == "kid 0-12"
