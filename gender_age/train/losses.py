@@ -44,6 +44,7 @@ __all__ = [
     "cross_entropy_loss",
     "task_importance_weights",
     "compute_loss",
+    "interval_loss",
     "head_output_size",
 ]
 
@@ -312,3 +313,57 @@ def compute_loss(loss_name: str, logits: torch.Tensor, labels: torch.Tensor,
         return corn_loss(logits, labels, num_classes)
     levels = levels_from_labels(labels, num_classes)
     return coral_loss(logits, levels, importance_weights=importance_weights)
+
+
+def interval_loss(loss_name: str, logits: torch.Tensor, low: torch.Tensor, high: torch.Tensor,
+                  num_classes: int) -> torch.Tensor:
+    """Per-sample loss of a rank known only to lie in ``[low, high]`` (an age group, not an age).
+
+    A young/old folder says "under 39", not "27": such a label is interval-censored. Teaching it
+    as an exact age would teach the ages the folder happened to hold (an IMDB-WIKI young/old set
+    has 15-29 and 45-59 only), and the network learns that photos like these are never 35.
+
+    * ``'coral'``, ``'ordinal'``: the binary log-loss of the tasks the interval decides, without
+      the others: task k "y > k" is 1 for ``k < low``, 0 for ``k >= high``, unknown in between.
+    * ``'ce'``: ``-log sum_{low <= r <= high} softmax(logits)_r``.
+    * ``'corn'``: ``-log P(low <= y <= high)`` with ``P(y > k) = prod_{j <= k} sigmoid(s_j)``,
+      i.e. ``-sum_{j < low} log sigmoid(s_j) - log(1 - prod_{low <= j <= high} sigmoid(s_j))``
+      (the second term is 0 when ``high = K-1``).
+
+    With ``low == high`` each is the loss of that exact rank (coral's per-sample sum, corn's
+    negative log-likelihood, cross-entropy).
+
+    Parameters
+    ----------
+    logits : FloatTensor, shape (N, head_output_size(loss_name, K))
+    low, high : LongTensor, shape (N,), ranks with ``0 <= low <= high <= K-1``.
+    num_classes : int
+        K.
+
+    Returns
+    -------
+    loss : FloatTensor, shape (N,)
+    """
+    _check_loss_name(loss_name)
+    _check_labels(low, num_classes)
+    _check_labels(high, num_classes)
+    if low.shape != high.shape or bool((low > high).any()):
+        raise ValueError("interval_loss needs low <= high, both of shape (N,)")
+    width = head_output_size(loss_name, num_classes)
+    if logits.dim() != 2 or logits.shape != (low.shape[0], width):
+        raise ValueError(f"logits must have shape ({low.shape[0]}, {width}), got {tuple(logits.shape)}")
+    ranks = torch.arange(width, device=logits.device)                  # (W,)
+    lo, hi = low.to(logits.device).unsqueeze(1), high.to(logits.device).unsqueeze(1)
+    if loss_name == "ce":
+        inside = (ranks >= lo) & (ranks <= hi)                         # (N, K)
+        return torch.logsumexp(logits, 1) - torch.logsumexp(logits.masked_fill(~inside, float("-inf")), 1)
+    up = F.logsigmoid(logits)                                          # (N, K-1) log P(task k is 1)
+    below = (ranks < lo).to(logits.dtype)                              # tasks known to be 1
+    if loss_name == "corn":
+        span = (ranks >= lo) & (ranks <= hi)                           # log P(y > high | y >= low)
+        stay = (up * span.to(logits.dtype)).sum(1)
+        # log(1 - exp(stay)); nothing lies above the top rank, so high == K-1 adds 0
+        last = torch.log(-torch.expm1(stay.clamp(max=-1e-7)))
+        return -(up * below).sum(1) - torch.where(high.to(logits.device) < num_classes - 1, last, 0.0)
+    above = (ranks >= hi).to(logits.dtype)                             # tasks known to be 0
+    return -(up * below).sum(1) - (F.logsigmoid(-logits) * above).sum(1)

@@ -62,6 +62,13 @@ def age_ranks(train_targets: torch.Tensor | None) -> torch.Tensor | None:
     return train_targets[train_targets[:, 1] != MISSING, 1]
 
 
+def group_ranks(groups: list[dict], min_age: int, num_ranks: int) -> torch.Tensor:
+    """Age groups ({"min", "max"} in years) -> (groups, 2) long: each one's first and last rank,
+    clipped to the ranks the head has (a group past the oldest age is the top rank)."""
+    return torch.tensor([[g["min"] - min_age, g["max"] - min_age] for g in groups],
+                        dtype=torch.long).reshape(-1, 2).clamp(0, num_ranks - 1)
+
+
 def make_task(args, name: str, classes: list, train_targets: torch.Tensor | None, label_names: dict | None = None):
     """-> (task, model_args): the loss and metrics, and the network's arguments."""
     if name in ("exact-age", "age-gender"):
@@ -74,7 +81,8 @@ def make_task(args, name: str, classes: list, train_targets: torch.Tensor | None
             return task, model_args
         genders = label_names["genders"]
         model_args.update(genders=len(genders), num_outputs=len(genders) + model_args["num_outputs"])
-        return AgeGenderTask(genders, task, args.gender_weight, args.age_weight), model_args
+        return AgeGenderTask(genders, task, args.gender_weight, args.age_weight,
+                             group_ranks(label_names["age_groups"], task.min_age, k)), model_args
     task = ClassificationTask(classes, args.label_smoothing)
     return task, {"arch": args.arch, "num_outputs": len(classes), "dropout": args.dropout}
 

@@ -116,16 +116,21 @@ class OrdinalTask:
 class AgeGenderTask:
     """Gender (2-way cross-entropy) and exact age (an ordinal loss) on one network.
 
-    Targets are long (N, 3): gender index into ``genders`` or MISSING, age rank
-    (age - min_age) or MISSING, and the index of the image's data source (for
-    per-source test figures; the loss ignores it). Logits are (N, G + H): G
-    gender logits, then the H outputs of the age head.
+    Targets are long (N, 4): gender index into ``genders`` or MISSING, age rank
+    (age - min_age) or MISSING, the index of the image's data source (for
+    per-source test figures; the loss ignores it), and the index of its age group
+    or MISSING. Logits are (N, G + H): G gender logits, then the H outputs of the
+    age head. An image with a group and no age teaches the age head that its rank
+    lies in the group's ``group_ranks`` row (losses.interval_loss); MAE counts
+    exact ages only.
     """
     kind = "age-gender"
     select_metric = "loss"  # lower is better: it weighs both heads as training does
 
-    def __init__(self, genders: list[str], age: OrdinalTask, gender_weight: float = 1.0, age_weight: float = 1.0):
+    def __init__(self, genders: list[str], age: OrdinalTask, gender_weight: float = 1.0, age_weight: float = 1.0,
+                 group_ranks: torch.Tensor | None = None):
         self.genders, self.age = list(genders), age
+        self.group_ranks = group_ranks  # (groups, 2) long: each group's first and last rank
         self.g = len(genders)
         self.k, self.min_age, self.loss_name, self.ce_mode = age.k, age.min_age, age.loss_name, age.ce_mode
         self.gender_weight, self.age_weight = gender_weight, age_weight
@@ -134,19 +139,32 @@ class AgeGenderTask:
         """(N, G + H) -> gender logits (N, G), age outputs (N, H)."""
         return logits[:, :self.g].float(), logits[:, self.g:].float()
 
+    def group_only(self, y: torch.Tensor) -> torch.Tensor:
+        """(N,) bool: the images whose age head learns an age group (no age, a group, groups given)."""
+        if self.group_ranks is None or y.shape[1] < 4:
+            return torch.zeros_like(y[:, 1], dtype=torch.bool)
+        return (y[:, 1] == MISSING) & (y[:, 3] != MISSING)
+
     def head_losses(self, logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-head sums (not means) over the images that have that label: (gender, age), scalars."""
         gl, al = self.split(logits)
-        has_g, has_a = y[:, 0] != MISSING, y[:, 1] != MISSING
+        has_g, has_a, in_group = y[:, 0] != MISSING, y[:, 1] != MISSING, self.group_only(y)
         # with no gender label the sum is 0 (and keeps the graph); the age loss is a mean, NaN on nothing
         g = F.cross_entropy(gl[has_g], y[has_g, 0], reduction="sum")
         a = self.age.loss(al[has_a], y[has_a, 1]) * has_a.sum() if has_a.any() else logits.sum() * 0.0
+        if in_group.any():
+            bounds = self.group_ranks.to(y.device)[y[in_group, 3]]
+            a = a + losses.interval_loss(self.loss_name, al[in_group], bounds[:, 0], bounds[:, 1], self.k).sum()
         return g, a
+
+    def label_counts(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """How many images each head's loss is over: (gender labels, ages or age groups)."""
+        return (y[:, 0] != MISSING).sum(), (y[:, 1] != MISSING).sum() + self.group_only(y).sum()
 
     def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Weighted sum of each head's mean loss over the images labelled for it."""
         g, a = self.head_losses(logits, y)
-        n_g, n_a = (y[:, 0] != MISSING).sum().clamp(min=1), (y[:, 1] != MISSING).sum().clamp(min=1)
+        n_g, n_a = (n.clamp(min=1) for n in self.label_counts(y))
         return self.gender_weight * g / n_g + self.age_weight * a / n_a
 
     def predict(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -164,13 +182,13 @@ class AgeGenderTask:
         err = (rank[has_a] - y[has_a, 1].double()).abs()
         g, a = (v.detach().double() for v in self.head_losses(logits, y))
         age = torch.stack([has_a.sum().double(), err.sum(), (err ** 2).sum(), (err <= 5).double().sum()])
-        counts = torch.stack([has_g.sum().double(), has_a.sum().double(), err.new_tensor(float(len(y)))])
+        counts = torch.stack([*(n.double() for n in self.label_counts(y)), err.new_tensor(float(len(y)))])
         return torch.cat([conf, age, torch.stack([g, a]), counts])
 
     def metrics(self, stats: torch.Tensor) -> dict:
         k2 = self.g * self.g
-        conf, (n_a, abs_sum, sq_sum, within, g_sum, a_sum, n_g, _, n) = stats[:k2].view(self.g, self.g), stats[k2:].tolist()
-        loss = self.gender_weight * g_sum / max(1.0, n_g) + self.age_weight * a_sum / max(1.0, n_a)
+        conf, (n_a, abs_sum, sq_sum, within, g_sum, a_sum, n_g, n_loss, n) = stats[:k2].view(self.g, self.g), stats[k2:].tolist()
+        loss = self.gender_weight * g_sum / max(1.0, n_g) + self.age_weight * a_sum / max(1.0, n_loss)
         return {"acc": conf.trace().item() / max(1.0, n_g), "mae": abs_sum / max(1.0, n_a),
                 "rmse": (sq_sum / max(1.0, n_a)) ** 0.5, "cs5": within / max(1.0, n_a), "loss": loss,
                 "n": int(n), "n_gender": int(n_g), "n_age": int(n_a), "confusion": conf.long().tolist()}

@@ -104,11 +104,15 @@ def test_sources_labels_splits_and_leakage(tmp_path):
     # UTKFace: gender and age from the name; the name without a gender field keeps its age
     assert by_name["39_1_20170116174525125.jpg.chip.jpg"] == (MISSING, 39 - lo, 0, MISSING)
     assert next(t for n, t in by_name.items() if n.startswith("30_0_"))[:3] == (1, 30 - lo, 0)  # 0: male
-    # gender tree: folder gender, IMDB-WIKI age (2015 - 1990); age-group tree: no gender, its group index
+    # gender tree: folder gender, no age to train on; age-group tree: no gender, its group index
     for gender, folder in enumerate(("female", "male")):  # the same file name in both folders: each its own gender
-        assert every[str(d["g"] / "train" / folder / "101_1990-03-01_2015.jpg")] == (gender, 25 - lo, 1, MISSING)
-    assert by_name["200_1960-03-01_2014.jpg"] == (MISSING, 54 - lo, 2, 1)  # old is group 1 of young, old
-    assert any("no_age_name.jpg" in p and "no IMDB-WIKI age" in why for p, why in problems)
+        assert every[str(d["g"] / "train" / folder / "101_1990-03-01_2015.jpg")] == (gender, MISSING, 1, MISSING)
+    assert by_name["200_1960-03-01_2014.jpg"] == (MISSING, MISSING, 2, 1)  # old is group 1 of young, old
+    assert by_name["no_age_name.jpg"] == (MISSING, MISSING, 2, 1) and problems == []  # the folder is the label
+    # their test images keep the name's age (2015 - 1990, 2014 - 1960), for the per-source figures
+    tests = {Path(p).parent.name + "/" + Path(p).name: t for p, t in zip(test.paths, test.targets)}
+    assert tests["male/100_1990-03-01_2015.jpg"] == (1, 25 - lo, 1, MISSING)
+    assert tests["old/200_1960-03-01_2014.jpg"] == (MISSING, 54 - lo, 2, 1)
     # the CORAL test CSV is UTKFace's test split; each source's test folders join it
     # ... and the UTKFace images in neither CORAL CSV whose name the all-ages rule holds out
     coral_test, held = utkface_test_split(d)
