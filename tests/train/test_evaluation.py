@@ -246,6 +246,14 @@ def test_bf16_needs_an_ampere_gpu(monkeypatch):
     assert runtime.bf16_is_fast(torch.device("cuda", 0))
 
 
+@pytest.mark.parametrize("capability,fast", [("AVX2", False), ("DEFAULT", False), ("AVX512", True)])
+def test_cpu_bf16_needs_the_avx512_kernels_in_use(monkeypatch, capability, fast):
+    from gender_age.core import runtime
+    monkeypatch.setattr(runtime, "cpu_bf16_is_fast", lambda cpuinfo: True)  # an AMX CPU
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    assert runtime.bf16_is_fast(torch.device("cpu")) is fast
+
+
 @pytest.mark.parametrize("vendor,flags,fast", [
     ("GenuineIntel", "fpu avx512f avx512_bf16 amx_bf16 amx_tile", True),  # AMX
     ("AuthenticAMD", "fpu avx512f avx512_bf16", True),
