@@ -53,6 +53,10 @@ def add_args(g) -> None:
                    help="aligned chips: space around the face template on each side, as a fraction of the "
                         "template's face square (age-gender's measured better on validation, docs/results.md); "
                         + config.describe_default("chip_margin"))
+    g.add_argument("--chip-template", default=None, choices=tuple(alignment.TEMPLATES),
+                   help="aligned chips: where the landmarks go. wide: the face with hair and background around "
+                        "it; utkface: cut as UTKFace cut its faces, eyebrows to chin (its tight crops then fill "
+                        "the chip); " + config.describe_default("chip_template"))
     g.add_argument("--no-face", default="center", choices=("center", "skip"),
                    help="aligned chips: an image without a detectable face is centre-cropped (what predict.py "
                         "--detect auto does with a face crop whose face it misses) or skipped (as --detect on)")
@@ -163,7 +167,9 @@ def run_spec(args, preset: transforms.Preset, source: Path | None) -> alignment.
     """The chip spec of the checkpoint a run continues or evaluates, else the one its flags ask for."""
     if source is not None:
         return check_metadata(load_checkpoint(source), source)["chips"]
-    return alignment.ChipSpec(args.face_chips, preset.resize, args.chip_margin if args.face_chips == "aligned" else 0.0)
+    if args.face_chips != "aligned":
+        return alignment.ChipSpec(args.face_chips, preset.resize, 0.0)
+    return alignment.ChipSpec("aligned", preset.resize, args.chip_margin, alignment.TEMPLATES[args.chip_template])
 
 
 def prepare(args, sel: selection.Selection, preset: transforms.Preset, source: Path | None, out: Path, env) -> tuple:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from gender_age.core.checkpointing import CheckpointError, check_trainable, load_checkpoint
 from gender_age.data.samples import DatasetError
+from gender_age.faces import alignment
 from gender_age.nets.models import default_input_geometry
 from gender_age.train.run_folder import latest_checkpoint
 
@@ -48,14 +49,16 @@ AGE_GENDER = {"cpu": {"epochs": 18, "resize": 72, "crop": 64, "aug": "strong"}}
 # space around the aligned chip's face template: 0.25 of its side, and 0.05 for age-gender, whose
 # UTKFace images are tight crops (at 0.25 a third of each chip was black padding): 4-epoch pilot at
 # 64 px, validation after epoch 4: gender 0.844 vs 0.807, age MAE 6.15 vs 6.49 (docs/results.md)
-CHIP_MARGIN, AGE_GENDER_CHIP_MARGIN = 0.25, 0.05
+# With the utkface template (alignment.UTKFACE_TEMPLATE) age-gender's chips are UTKFace's own crop:
+# margin 0 (docs/results.md, "Chips cut as UTKFace cut its faces").
+CHIP_MARGIN, AGE_GENDER_CHIP_MARGIN = 0.25, 0.0
 # when no recipe sets it
 LAST_RESORT = {"optimizer": "adam", "loss": "coral", "ce_mode": "argmax", "lr_gamma": 0.9, "aug": "original"}
 
 
 # fixed by a checkpoint: evaluation and resume take them from it
 MODEL_KEYS = ("task", "arch", "dropout", "resize", "crop", "loss", "ce_mode", "min_age", "max_age", "face_chips",
-              "chip_margin", "no_face", "age_groups")
+              "chip_margin", "chip_template", "no_face", "age_groups")
 # the run's training recipe: resume takes it from the checkpoint
 TRAINING_KEYS = ("recipe", "optimizer", "lr", "lr_step", "lr_gamma", "weight_decay", "schedule", "batch_size",
                  "mixup", "aug", "ema_epochs", "label_smoothing", "imp_weight", "val_split", "bias_init",
@@ -97,7 +100,9 @@ def checkpoint_settings(ckpt: dict) -> dict:
                resize=preprocess.get("resize"), crop=preprocess.get("crop"),
                loss=None, ce_mode=None, min_age=None, max_age=None)
     chips = ckpt.get("chips") if isinstance(ckpt.get("chips"), dict) else {"mode": "off"}  # older: off
+    template = chips.get("template") if chips.get("mode") == "aligned" else None
     out.update(face_chips=chips.get("mode"), chip_margin=chips.get("margin"),
+               chip_template=alignment.template_name(template) if template else None,
                no_face=ran.get("no_face") if chips.get("mode") == "aligned" else None,
                age_groups=ran.get("age_groups") if ckpt.get("task") == "age-gender" else None)
     ordinal = ckpt.get("ordinal")
@@ -159,7 +164,8 @@ def task_recipe(name: str, recipe: str = "cpu") -> dict:
             "dataset": "utkface" if ordinal else "imagefolder",
             "face_chips": "aligned" if name == "age-gender" else "off",
             # age-gender: UTKFace's tight crops fill its chips (docs/results.md)
-            "chip_margin": AGE_GENDER_CHIP_MARGIN if name == "age-gender" else CHIP_MARGIN}
+            "chip_margin": AGE_GENDER_CHIP_MARGIN if name == "age-gender" else CHIP_MARGIN,
+            "chip_template": "utkface" if name == "age-gender" else "wide"}
 
 
 def resolve_defaults(args, name: str) -> None:
