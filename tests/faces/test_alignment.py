@@ -101,6 +101,14 @@ def test_chip_image_frames_with_the_detector_it_was_given():
     assert alignment.chip_image(img, SimpleNamespace(detect=lambda a: []), spec) == (None, None)
 
 
+def test_templates_by_name():
+    assert alignment.template_name([list(p) for p in alignment.UTKFACE_TEMPLATE]) == "utkface"
+    assert alignment.template_name(alignment.TEMPLATE) == "wide"
+    assert alignment.template_name([[0.3, 0.4]] * 5) is None
+    utk = alignment.ChipSpec("aligned", 100, 0.0, alignment.UTKFACE_TEMPLATE).points()
+    assert utk[1, 0] - utk[0, 0] == pytest.approx(45.0) and utk[0, 1] == pytest.approx(20.9)  # eyes 0.45 apart
+
+
 def test_a_spec_as_the_checkpoint_stores_it():
     aligned = alignment.ChipSpec("aligned", 72, 0.05, framing=FRAMING)
     assert aligned.as_dict() == {"mode": "aligned", "size": 72, "margin": 0.05,

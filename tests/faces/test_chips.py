@@ -300,7 +300,7 @@ def face_folder(root: Path, n_train: int = 8, n_test: int = 4, angle: float = 0.
 
 
 def chip_args(tmp_path, **kw) -> Namespace:
-    base = dict(face_chips="aligned", chip_margin=0.25, no_face="center", chip_cache=str(tmp_path / "cache"),
+    base = dict(face_chips="aligned", chip_margin=0.25, chip_template="wide", no_face="center", chip_cache=str(tmp_path / "cache"),
                 framing_sample=50, no_progress=True, seed=0)
     return Namespace(**{**base, **kw})
 
@@ -340,6 +340,15 @@ def test_chips_are_cached_by_content_and_spec(tmp_path, dots):
     logs.clear()
     prepare(tmp_path, logs, data, chip_margin=0.1)
     assert "8 made, 0 from the cache" in logs[0] and len(list((tmp_path / "cache").iterdir())) == 2
+    # and so is another template: UTKFace's, whose dots land near its places (the drawn face has the wide
+    # template's proportions, so a least-squares fit leaves about 1.6 px at 40 px)
+    logs.clear()
+    sel, load, chips = prepare(tmp_path, logs, data, chip_margin=0.0, chip_template="utkface")
+    assert "8 made, 0 from the cache" in logs[0] and len(list((tmp_path / "cache").iterdir())) == 3
+    assert chips["template"] == [list(p) for p in alignment.UTKFACE_TEMPLATE] and chips["margin"] == 0.0
+    utk = alignment.ChipSpec("aligned", 40, 0.0, alignment.UTKFACE_TEMPLATE)
+    chip = Image.fromarray(load(sel.train.paths[2]).permute(1, 2, 0).numpy())
+    assert template_error(chip, utk) < 2.5 and template_error(chip, spec) > 5
 
 
 def test_faceless_and_unreadable_images(tmp_path, dots):

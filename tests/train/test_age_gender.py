@@ -244,15 +244,17 @@ def test_seeded_age_gender_runs_repeat_exactly(tmp_path):
 @pytest.mark.parametrize("argv,key,value", [
     (["--task", "age-gender"], "aug", "strong"), ([], "aug", "original"), (["-a"], "aug", "original"),
     (["--task", "exact-age"], "aug", "original"), (["--task", "age-gender", "--aug", "original"], "aug", "original"),
-    (["--task", "age-gender"], "chip_margin", 0.05), (["--face-chips", "aligned"], "chip_margin", 0.25),
+    (["--task", "age-gender"], "chip_margin", 0.0), (["--face-chips", "aligned"], "chip_margin", 0.25),
+    (["--task", "age-gender"], "chip_template", "utkface"), (["--face-chips", "aligned"], "chip_template", "wide"),
+    (["--task", "age-gender", "--chip-template", "wide"], "chip_template", "wide"),
     (["--task", "age-gender", "--chip-margin", "0.3"], "chip_margin", 0.3),
     (["--task", "age-gender"], "epochs", 18), (["--task", "age-gender"], "resize", 72),
     (["--task", "age-gender"], "crop", 64),  # the hour on 2 AVX2 cores that the README's results were measured with
     (["--task", "age-gender"], "gender_weight", 8.0), (["--task", "age-gender", "--gender-weight", "2"], "gender_weight", 2.0)])
 def test_age_gender_recipe_defaults(argv, key, value):
     """Age-gender trains with the strong augmentation and gender weight 8 (better on its validation) and aligned
-    chips with 0.05 of the template around the face (UTKFace's tight crops); the other tasks with the original's
-    augmentation and 0.25; a given flag wins."""
+    chips cut as UTKFace cut its faces (its template, no margin); the other tasks with the original's
+    augmentation and the wide template with 0.25 around it; a given flag wins."""
     from gender_age.train import config as settings
     args = gac.get_args_parser().parse_args(argv)
     settings.resolve_defaults(args, settings.task_name(args))

@@ -46,7 +46,7 @@ ACTS = {
     "checkpoint_dir": ALL, "val_split": ALL, "seed": ALL, "split_seed": ALL, "device": ALL, "workers": ALL,
     "threads": ALL, "cache": ALL, "amp": ALL, "eval_every": ALL, "save_every": ALL, "resume": ALL,
     "test_only": ALL, "eval_split": ALL, "strict": ALL, "dry_run": ALL, "no_progress": ALL, "overwrite": ALL,
-    "resume_anyway": ALL, "face_chips": ALL, "chip_margin": ALL, "no_face": ALL, "chip_cache": ALL,
+    "resume_anyway": ALL, "face_chips": ALL, "chip_margin": ALL, "chip_template": ALL, "no_face": ALL, "chip_cache": ALL,
     "framing_sample": ALL,
 }
 VALUES = {"source": "utkface=somewhere", "age_groups": "a=0-20,b=21-", "resume": "somewhere.tar"}

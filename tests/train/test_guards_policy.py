@@ -74,14 +74,17 @@ DATA = ("dataset", "data_dir", "train_csv", "test_csv", "image_dir", "path_colum
 RHYTHM = ("epochs", "eval_every", "save_every", "tta")
 MODEL = {"task": "age-gender", "arch": "ckpt-arch", "dropout": 0.37, "resize": 77, "crop": 70, "loss": "corn",
          "ce_mode": "expectation", "min_age": 3, "max_age": 52, "face_chips": "aligned", "chip_margin": 0.11,
-         "no_face": "skip", "age_groups": "kid=0-12,adult=13-"}
+         "chip_template": "utkface", "no_face": "skip", "age_groups": "kid=0-12,adult=13-"}
 
 
 def checkpoint():
     ran = {k: f"ckpt-{k}" for k in TRAINING + DATA + RHYTHM}
     ran.update(no_face="skip", age_groups="kid=0-12,adult=13-")
     return {"task": "age-gender", "args": ran, "model_args": {"arch": "ckpt-arch", "dropout": 0.37},
-            "preprocess": {"resize": 77, "crop": 70}, "chips": {"mode": "aligned", "margin": 0.11},
+            "preprocess": {"resize": 77, "crop": 70}, "chips": {"mode": "aligned", "margin": 0.11,
+                                                                         "template": [[0.275, 0.209], [0.725, 0.209],
+                                                                                      [0.5, 0.474], [0.3, 0.674],
+                                                                                      [0.7, 0.674]]},
             "ordinal": {"loss": "corn", "ce_mode": "expectation", "min_age": 3, "num_ranks": 50}}
 
 
@@ -106,7 +109,8 @@ def test_a_data_flag_given_on_the_command_line_wins(tmp_path, key):
 
 
 @pytest.mark.parametrize("key,value", [("arch", "resnet18"), ("dropout", 0.1), ("crop", 64), ("min_age", 4),
-                                       ("loss", "coral"), ("chip_margin", 0.2), ("face_chips", "off")])
+                                       ("loss", "coral"), ("chip_margin", 0.2), ("face_chips", "off"),
+                                       ("chip_template", "wide")])
 def test_a_fixed_flag_that_contradicts_the_checkpoint_is_refused(tmp_path, key, value):
     args = cli.get_args_parser().parse_args([])
     args.test_only = True
