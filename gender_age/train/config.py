@@ -46,11 +46,10 @@ RECIPES = {
 # 52 min with the tests; 64 px trains 1.85x as fast as 96 px on AVX2 (benchmarks/bench_compute.py).
 # With the strong augmentation (docs/results.md, "A model for every face").
 AGE_GENDER = {"cpu": {"epochs": 18, "resize": 72, "crop": 64, "aug": "strong"}}
-# space around the aligned chip's face template: 0.25 of its side, and 0.05 for age-gender, whose
-# UTKFace images are tight crops (at 0.25 a third of each chip was black padding): 4-epoch pilot at
-# 64 px, validation after epoch 4: gender 0.844 vs 0.807, age MAE 6.15 vs 6.49 (docs/results.md)
-# With the utkface template (alignment.UTKFACE_TEMPLATE) age-gender's chips are UTKFace's own crop:
-# margin 0 (docs/results.md, "Chips cut as UTKFace cut its faces").
+# space around the aligned chip's face template: 0.25 of its side on the wide template. Age-gender
+# cuts on the utkface template (alignment.UTKFACE_TEMPLATE) at margin 0, UTKFace's own crop, so that
+# its tight crops fill their chips: on the wide template at margin 0.05 three fifths of a UTKFace chip
+# were black, a border that named the source (docs/results.md, round 20).
 CHIP_MARGIN, AGE_GENDER_CHIP_MARGIN = 0.25, 0.0
 # when no recipe sets it
 LAST_RESORT = {"optimizer": "adam", "loss": "coral", "ce_mode": "argmax", "lr_gamma": 0.9, "aug": "original"}
