@@ -12,6 +12,7 @@ import torch
 from gender_age.data.samples import SampleSet, DatasetError
 from gender_age.data.selection import Selection
 from gender_age.data.transforms import Preset
+from gender_age.faces.alignment import UTKFACE_TEMPLATE as UTKFACE
 from gender_age.train import cli, config, engine, run_folder, trainer
 from gender_age.train.tasks import AgeGenderTask, ClassificationTask, OrdinalTask
 
@@ -82,9 +83,7 @@ def checkpoint():
     ran.update(no_face="skip", age_groups="kid=0-12,adult=13-")
     return {"task": "age-gender", "args": ran, "model_args": {"arch": "ckpt-arch", "dropout": 0.37},
             "preprocess": {"resize": 77, "crop": 70}, "chips": {"mode": "aligned", "margin": 0.11,
-                                                                         "template": [[0.275, 0.209], [0.725, 0.209],
-                                                                                      [0.5, 0.474], [0.3, 0.674],
-                                                                                      [0.7, 0.674]]},
+                                                                         "template": [list(p) for p in UTKFACE]},
             "ordinal": {"loss": "corn", "ce_mode": "expectation", "min_age": 3, "num_ranks": 50}}
 
 
