@@ -42,8 +42,9 @@ RECIPES = {
 }
 # --task age-gender: the cpu recipe on all the sources (about 18,600 training images, all ages) at
 # 64 px from 72-px chips, for the epochs that fit in an hour of training on a 2-core AVX2 CPU in fp32:
-# 156 s an epoch there (AVX2 kernels, fp32) against 80 s in bf16 with AVX512-BF16, 18 epochs in about
-# 52 min with the tests; 64 px trains 1.85x as fast as 96 px on AVX2 (benchmarks/bench_compute.py).
+# 18 epochs with the validation and the test took 58.5 min on an AVX2-only EPYC, and 74.5 min on a
+# slower day of that CPU (15 epochs lost validation accuracy: docs/results.md, round 21); 64 px
+# trains 1.85x as fast as 96 px on AVX2 (benchmarks/bench_compute.py).
 # With the strong augmentation (docs/results.md, "A model for every face").
 AGE_GENDER = {"cpu": {"epochs": 18, "resize": 72, "crop": 64, "aug": "strong"}}
 # space around the aligned chip's face template: 0.25 of its side on the wide template. Age-gender
