@@ -259,3 +259,40 @@ def test_age_gender_recipe_defaults(argv, key, value):
     args = gac.get_args_parser().parse_args(argv)
     settings.resolve_defaults(args, settings.task_name(args))
     assert getattr(args, key) == value
+
+
+def test_progressive_resizing_trains_small_first_and_the_last_quarter_at_the_crop(tmp_path, monkeypatch):
+    from gender_age.data import transforms
+    d = make_sources(tmp_path)
+    seen, augment = [], transforms.Preset.train_batch_strong
+
+    def spy(self, batch, generator=None, size=None):
+        x = augment(self, batch, generator, size)
+        seen.append(x.shape[-1])
+        return x
+
+    monkeypatch.setattr(transforms.Preset, "train_batch_strong", spy)
+    out = tmp_path / "run"
+    given = ["--task", "age-gender", *sum((["--source", s] for s in source_args(d).source), []), *LIGHT]
+    assert gac.cli([*given, "--checkpoint-dir", str(out), "-ep", "4", "--progressive-from", "16"]) == 0
+    # crop 32 over 4 epochs: the ramp ends at epoch 3; 16 + 16 e / 3 in whole 8-px steps
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["input_px"] for r in rows] == [16, 16, 24, 32]
+    assert seen == sorted(seen) and set(seen) == {16, 24, 32}
+    assert load_checkpoint(out / "model_best.tar")["args"]["progressive_from"] == 16
+    # resume keeps the run's schedule; another one, or a start past the crop, is a one-line error
+    assert gac.cli([*given, "--checkpoint-dir", str(out), "--resume", "last", "--progressive-from", "24"]) == 2
+    assert gac.cli([*given, "--checkpoint-dir", str(tmp_path / "big"), "--progressive-from", "40"]) == 2
+    assert not (tmp_path / "big" / "model_best.tar").exists()
+
+
+def test_progressive_resizing_is_refused_past_the_crop_and_for_levi_hassner():
+    from types import SimpleNamespace
+    from gender_age.train import run_setup
+    geometry = lambda arch, start, **kw: SimpleNamespace(**{"arch": arch, "resize": None, "crop": None,
+                                                            "progressive_from": start, **kw})
+    assert run_setup.make_preset(geometry("resnet18", 48, resize=72, crop=64)).crop == 64
+    for args in (geometry("resnet18", 72, resize=72, crop=64), geometry("levi_hassner", 200)):
+        with pytest.raises(DatasetError, match="--progressive-from"):
+            run_setup.make_preset(args)
+    assert run_setup.make_preset(geometry("levi_hassner", 0)).crop == 227
