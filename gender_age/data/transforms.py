@@ -1,8 +1,7 @@
 """``Preset``: all preprocessing after the one decode step, on uint8 tensors, batch-wise and
 on any device: random crop + flip (and, for ``--aug strong``, scale, position and colour)
 for training, the centre crop (or 10 views) for evaluation, then normalisation. Its numpy
-twin for prediction is ``presets.EvalPreset``, whose crops it shares. ``progressive_size``
-is the training input's side by epoch under ``--progressive-from`` (progressive resizing).
+twin for prediction is ``presets.EvalPreset``, whose crops it shares.
 """
 from __future__ import annotations
 
@@ -35,10 +34,8 @@ class Preset(EvalPreset):
     def stack(views: list) -> torch.Tensor:
         return torch.stack(views)
 
-    def train_batch(self, batch: torch.Tensor, generator: torch.Generator | None = None,
-                    size: int | None = None) -> torch.Tensor:
-        """RandomCrop(crop) + RandomHorizontalFlip, per sample, on uint8 (N,3,R,R); then, where
-        ``size`` differs from the crop, resized to size x size (antialiased bilinear)."""
+    def train_batch(self, batch: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """RandomCrop(crop) + RandomHorizontalFlip, per sample, on uint8 (N,3,R,R)."""
         n, _, h, w = batch.shape
         c = self.crop
         # offsets drawn on the CPU generator so a seeded run is reproducible on any device
@@ -49,12 +46,9 @@ class Preset(EvalPreset):
         for i, (t, l, f) in enumerate(zip(tops, lefts, flips)):
             patch = batch[i, :, t:t + c, l:l + c]
             out[i] = patch.flip(-1) if f else patch
-        if size is not None and size != c:
-            out = F.interpolate(out.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
         return self.normalize(out)
 
-    def train_batch_strong(self, batch: torch.Tensor, generator: torch.Generator | None = None,
-                           size: int | None = None) -> torch.Tensor:
+    def train_batch_strong(self, batch: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """A stronger, still cheap, augmentation for small face sets, on uint8 (N,3,R,R).
 
         Geometry, per sample: a square of side 0.75-1.0 of the decoded square (the
@@ -63,11 +57,10 @@ class Preset(EvalPreset):
         Colour, per sample: brightness, contrast and saturation each scaled by
         0.7-1.3. The three are linear in RGB, so together with the normalisation
         they fold into one 3x3 channel map plus offset, applied in one pass
-        (values are not clipped to [0, 255] first). Out: float (N, 3, S, S), S the
-        ``size`` (default: the crop).
+        (values are not clipped to [0, 255] first). Out: float (N, 3, crop, crop).
         """
         n, _, h, w = batch.shape
-        c, dev = size or self.crop, batch.device
+        c, dev = self.crop, batch.device
         r = torch.rand((n, 7), generator=generator)
         side = (min(h, w) * (0.75 + 0.25 * r[:, 0])).long().clamp(min=c // 2)
         tops = (r[:, 1] * (h - side + 1).float()).long().tolist()
@@ -92,18 +85,3 @@ class Preset(EvalPreset):
         offset = (((1 - k) * b * m0).view(n, 1) - mean.view(1, 3)) / std.view(1, 3)  # (N, 3)
         y = torch.baddbmm(offset.unsqueeze(2), a, x)                             # (N, 3, HW)
         return y.view(n, 3, c, c)
-
-
-def progressive_size(epoch: int, epochs: int, start: int, crop: int, step: int = 8) -> int:
-    """The training input's side in epoch ``epoch`` (0-based) of ``epochs`` under progressive
-    resizing from ``start`` px (0: off, always ``crop``): ``start`` in the first epoch, growing
-    linearly in whole steps of ``step`` px, and ``crop`` from three quarters of the epochs on, so
-    that the last quarter trains at the size the network is evaluated at. The cheap small epochs
-    fall in the one-cycle schedule's high learning rates."""
-    if not start or start >= crop:
-        return crop
-    ramp = 3 * epochs // 4
-    if epoch >= ramp:
-        return crop
-    grown = (crop - start) * epoch / ramp
-    return min(crop, start + int(grown // step) * step)

@@ -94,10 +94,6 @@ def add_original_args(p) -> None:
     p.add_argument("--aug", default=None, choices=("original", "strong"),
                    help="original: RandomCrop + flip, as the original; strong: also random scale, position "
                         "and colour (age-gender: strong, better on its validation); " + default_of("aug"))
-    p.add_argument("--progressive-from", type=int, default=None, metavar="PX",
-                   help="progressive resizing: train the first epochs on smaller inputs, PX px in the first, "
-                        "growing in steps of 8 px to --crop by three quarters of the epochs (evaluation always "
-                        "at --crop); 0 = off; " + default_of("progressive_from"))
     p.add_argument("--arch", default=None, choices=ARCHITECTURES,
                    help="network; " + default_of("arch"))
     p.add_argument("--resize", type=int, default=None,

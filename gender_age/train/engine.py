@@ -18,7 +18,6 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from gender_age.core.checkpointing import first_non_finite
-from gender_age.data import transforms
 from gender_age.data.loading import epoch_order, iterate_batches, shard
 from gender_age.core.runtime import all_reduce_sum, show_progress
 
@@ -171,8 +170,7 @@ def train_step(model, optimizer, scheduler, x, y, state: dict, b: int, args, ctx
     x = x.to(device, non_blocking=True)
     y = y.to(device, non_blocking=True)
     # crop + flip (+ colour) + normalise on the device, from the CPU generator's draws
-    augment = preset.train_batch_strong if args.aug == "strong" else preset.train_batch
-    x = augment(x, gen, input_side(state["epoch"], args, ctx))
+    x = preset.train_batch_strong(x, gen) if args.aug == "strong" else preset.train_batch(x, gen)
     if ctx["channels_last"]:
         x = x.contiguous(memory_format=torch.channels_last)
     mix = args.mixup > 0 and task.kind == "classification"
@@ -235,14 +233,7 @@ def train_one_epoch(model, optimizer, scheduler, data, state: dict, args, ctx) -
     total = all_reduce_sum(running.clone()) if running is not None else None
     m = task.metrics(total) if total is not None else {}
     return {**{f"train_{k}": v for k, v in m.items() if k not in ("confusion", "n")},
-            "images_per_s": imgs * ctx["world"] / max(seconds, 1e-9), "seconds": seconds,
-            "input_px": input_side(state["epoch"], args, ctx)}
-
-
-def input_side(epoch: int, args, ctx) -> int:
-    """The side of the training inputs in ``epoch`` (0-based): the crop, or smaller early on
-    under --progressive-from."""
-    return transforms.progressive_size(epoch, args.epochs, args.progressive_from, ctx["preset"].crop)
+            "images_per_s": imgs * ctx["world"] / max(seconds, 1e-9), "seconds": seconds}
 
 
 def steps_per_epoch(n: int, args, world: int) -> int:

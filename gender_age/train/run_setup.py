@@ -27,12 +27,8 @@ def make_preset(args) -> transforms.Preset:
     preset = transforms.Preset(args.resize or resize, args.crop or crop)
     if preset.crop > preset.resize:
         raise selection.DatasetError(f"--crop {preset.crop} is larger than --resize {preset.resize}")
-    if (args.progressive_from or 0) > preset.crop:
-        raise selection.DatasetError(f"--progressive-from {args.progressive_from} is larger than --crop {preset.crop}: "
-                                     f"progressive resizing grows the input up to the crop")
-    if args.arch == "levi_hassner" and (preset.crop != 227 or args.progressive_from):
-        raise selection.DatasetError("the Levi-Hassner network takes 227x227 inputs only: use --crop 227, "
-                                     "without --progressive-from")
+    if args.arch == "levi_hassner" and preset.crop != 227:
+        raise selection.DatasetError("the Levi-Hassner network takes 227x227 inputs: use --crop 227")
     return preset
 
 

@@ -156,8 +156,7 @@ def train_loop(model, optimizer, scheduler, train_data, val_data, state, history
             train_desc = " ".join(f"{k[6:]} {v:.4f}" for k, v in stats.items()
                                   if k.startswith("train_") and k[6:] in ("loss", "acc", "mae"))
             log(f"epoch {epoch_no:3d}/{args.epochs}: train {train_desc}{val_desc} | lr {lr:.2e} | "
-                f"{stats['images_per_s']:.0f} img/s" + (f" at {stats['input_px']} px" if args.progressive_from else ""))
-            # one line per epoch, evaluated or not
+                f"{stats['images_per_s']:.0f} img/s")  # one line per epoch, evaluated or not
             history.append(record)
             state.update(epoch=epoch_no, next_batch=0, running=None)
             # write order matters for kill -9: model_best before checkpoint_last (a resume

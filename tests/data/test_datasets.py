@@ -9,7 +9,6 @@ import sys
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from gender_age.data import loading
@@ -260,30 +259,3 @@ def test_usable_cores_follows_the_cpu_affinity():
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert out.strip() == "1"
     assert runtime.usable_cores() == len(os.sched_getaffinity(0))
-
-
-def test_progressive_size_grows_to_the_crop_by_three_quarters():
-    # 18 epochs from 48 to 64 px: the ramp ends at epoch 13 (3 * 18 // 4); 48 + 16 e / 13 in whole 8-px steps
-    assert [transforms.progressive_size(e, 18, 48, 64) for e in range(18)] == [48] * 7 + [56] * 6 + [64] * 5
-    # off (0), or a start at or past the crop: always the crop
-    assert {transforms.progressive_size(e, 18, s, 64) for e in range(18) for s in (0, 64, 80)} == {64}
-    for epochs, start, crop in ((1, 32, 64), (4, 40, 64), (10, 17, 64), (40, 96, 224)):
-        sizes = [transforms.progressive_size(e, epochs, start, crop) for e in range(epochs)]
-        assert sizes == sorted(sizes) and sizes[-1] == crop and min(sizes) >= min(start, crop)
-        assert all((s - start) % 8 == 0 for s in sizes if s != crop)
-        assert sizes[3 * epochs // 4:] == [crop] * (epochs - 3 * epochs // 4)
-
-
-def test_training_transforms_take_a_smaller_side():
-    preset = transforms.Preset(16, 12)
-    batch = torch.randint(0, 256, (5, 3, 16, 16), dtype=torch.uint8)
-    for augment in (preset.train_batch, preset.train_batch_strong):
-        assert augment(batch, torch.Generator().manual_seed(0), 8).shape == (5, 3, 8, 8)
-        full = augment(batch, torch.Generator().manual_seed(0))
-        assert full.shape == (5, 3, 12, 12)
-        assert torch.equal(full, augment(batch, torch.Generator().manual_seed(0), 12))
-    # the smaller input is the crop shrunk (antialiased), not another crop
-    small = preset.train_batch(batch, torch.Generator().manual_seed(0), 6)
-    shrunk = F.interpolate(preset.train_batch(batch, torch.Generator().manual_seed(0)), size=(6, 6),
-                           mode="bilinear", antialias=True, align_corners=False)
-    assert torch.allclose(small, shrunk, atol=1e-4)
