@@ -48,7 +48,8 @@ class Preset(EvalPreset):
             out[i] = patch.flip(-1) if f else patch
         return self.normalize(out)
 
-    def train_batch_strong(self, batch: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def train_batch_strong(self, batch: torch.Tensor, generator: torch.Generator | None = None,
+                           grey: float = 0.0) -> torch.Tensor:
         """A stronger, still cheap, augmentation for small face sets, on uint8 (N,3,R,R).
 
         Geometry, per sample: a square of side 0.75-1.0 of the decoded square (the
@@ -57,7 +58,10 @@ class Preset(EvalPreset):
         Colour, per sample: brightness, contrast and saturation each scaled by
         0.7-1.3. The three are linear in RGB, so together with the normalisation
         they fold into one 3x3 channel map plus offset, applied in one pass
-        (values are not clipped to [0, 255] first). Out: float (N, 3, crop, crop).
+        (values are not clipped to [0, 255] first). A ``grey`` fraction of the samples
+        (drawn after the rest, so that 0 repeats the draws of a run without it) gets
+        saturation 0: grey, whatever the colour of the skin, the light or the camera.
+        Out: float (N, 3, crop, crop).
         """
         n, _, h, w = batch.shape
         c, dev = self.crop, batch.device
@@ -74,6 +78,8 @@ class Preset(EvalPreset):
             out[i] = patch[0].flip(-1) if f else patch[0]
         x = out.view(n, 3, c * c)                                                # (N, 3, HW), 0..255
         b, k, sat = ((0.7 + 0.6 * r[:, j]).to(dev) for j in (4, 5, 6))
+        if grey:
+            sat = sat.masked_fill((torch.rand(n, generator=generator) < grey).to(dev), 0.0)
         gray_w = torch.tensor([0.299, 0.587, 0.114], device=dev)
         m0 = x.mean(2) @ gray_w                                                  # (N,) mean grey level
         # saturation: M = s I + (1 - s) 1 w^T; brightness then contrast: k b M x + (1 - k) b m0

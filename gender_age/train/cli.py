@@ -94,6 +94,9 @@ def add_original_args(p) -> None:
     p.add_argument("--aug", default=None, choices=("original", "strong"),
                    help="original: RandomCrop + flip, as the original; strong: also random scale, position "
                         "and colour (age-gender: strong, better on its validation); " + default_of("aug"))
+    p.add_argument("--grey", type=float, default=None, metavar="P",
+                   help="with --aug strong, turn this fraction of the training images grey (saturation 0), so "
+                        "that skin colour, light and camera weigh less; " + default_of("grey"))
     p.add_argument("--arch", default=None, choices=ARCHITECTURES,
                    help="network; " + default_of("arch"))
     p.add_argument("--resize", type=int, default=None,

@@ -53,7 +53,8 @@ AGE_GENDER = {"cpu": {"epochs": 18, "resize": 72, "crop": 64, "aug": "strong"}}
 # were black, a border that named the source (docs/results.md, round 20).
 CHIP_MARGIN, AGE_GENDER_CHIP_MARGIN = 0.25, 0.0
 # when no recipe sets it
-LAST_RESORT = {"optimizer": "adam", "loss": "coral", "ce_mode": "argmax", "lr_gamma": 0.9, "aug": "original"}
+LAST_RESORT = {"optimizer": "adam", "loss": "coral", "ce_mode": "argmax", "lr_gamma": 0.9, "aug": "original",
+               "grey": 0.0}
 
 
 # fixed by a checkpoint: evaluation and resume take them from it
@@ -62,7 +63,8 @@ MODEL_KEYS = ("task", "arch", "dropout", "resize", "crop", "loss", "ce_mode", "m
 # the run's training recipe: resume takes it from the checkpoint
 TRAINING_KEYS = ("recipe", "optimizer", "lr", "lr_step", "lr_gamma", "weight_decay", "schedule", "batch_size",
                  "mixup", "aug", "ema_epochs", "label_smoothing", "imp_weight", "val_split", "bias_init",
-                 "init_from", "seed", "split_seed", "max_per_class", "gender_weight", "age_weight", "pretrained")
+                 "init_from", "seed", "split_seed", "max_per_class", "gender_weight", "age_weight", "pretrained",
+                 "grey")
 # taken from the checkpoint unless given: where the data is, and (on resume) the run's length and rhythm
 DATA_KEYS = ("dataset", "data_dir", "train_csv", "test_csv", "image_dir", "path_column", "age_column",
              "csv_age_offset", "random_split", "source")
@@ -95,6 +97,8 @@ def checkpoint_settings(ckpt: dict) -> dict:
     """The settings a checkpoint was made with, by flag name (None: not applicable)."""
     ran = ckpt.get("args") if isinstance(ckpt.get("args"), dict) else {}
     out = {k: ran.get(k) for k in TRAINING_KEYS + DATA_KEYS + RHYTHM_KEYS}
+    if ran and ran.get("grey") is None:
+        out["grey"] = 0.0  # runs from before the flag turned no image grey
     model_args, preprocess = ckpt["model_args"], ckpt.get("preprocess") or {}
     out.update(task=ckpt.get("task"), arch=model_args.get("arch"), dropout=model_args.get("dropout"),
                resize=preprocess.get("resize"), crop=preprocess.get("crop"),
@@ -286,6 +290,7 @@ RANGES = {
     "threads": _between(1, 1024),
     "resize": _between(16, 2048),
     "crop": _between(16, 2048),
+    "grey": _between(0, 1),
     "seed": _between(0, 2 ** 32 - 1),
     "split_seed": _between(0, 2 ** 32 - 1),
     "min_age": _between(0, 150),
@@ -310,6 +315,9 @@ def validate_args(args) -> None:
             raise ArgumentError(f"{flag} must be a finite number, got {value}")
         if not ok(value):
             raise ArgumentError(f"{flag} must be {what}, got {value}")
+    if getattr(args, "grey", None) and getattr(args, "aug", "strong") != "strong":
+        raise ArgumentError(f"--grey turns images grey within --aug strong, not --aug {args.aug}: add --aug strong "
+                            f"or drop --grey")
     loss = getattr(args, "loss", None)
     if getattr(args, "imp_weight", 0) and loss is not None and loss not in IMPORTANCE_WEIGHTED_LOSSES:
         raise ArgumentError(f"--imp-weight 1 weights the binary tasks of --loss coral or ordinal, not --loss {loss}: "

@@ -170,7 +170,7 @@ def train_step(model, optimizer, scheduler, x, y, state: dict, b: int, args, ctx
     x = x.to(device, non_blocking=True)
     y = y.to(device, non_blocking=True)
     # crop + flip (+ colour) + normalise on the device, from the CPU generator's draws
-    x = preset.train_batch_strong(x, gen) if args.aug == "strong" else preset.train_batch(x, gen)
+    x = preset.train_batch_strong(x, gen, args.grey) if args.aug == "strong" else preset.train_batch(x, gen)
     if ctx["channels_last"]:
         x = x.contiguous(memory_format=torch.channels_last)
     mix = args.mixup > 0 and task.kind == "classification"

@@ -259,3 +259,20 @@ def test_usable_cores_follows_the_cpu_affinity():
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert out.strip() == "1"
     assert runtime.usable_cores() == len(os.sched_getaffinity(0))
+
+
+def test_grey_turns_a_fraction_of_the_samples_grey_and_keeps_the_other_draws():
+    preset = transforms.Preset(16, 12)
+    colour = torch.zeros((64, 3, 16, 16), dtype=torch.uint8)
+    colour[:, 0], colour[:, 1], colour[:, 2] = 200, 120, 40  # a warm skin-like tone, no two channels equal
+    mean = torch.tensor(preset.mean).view(1, 3, 1, 1)
+    std = torch.tensor(preset.std).view(1, 3, 1, 1)
+    rgb = lambda out: (out * std + mean) * 255
+    spread = lambda out: (rgb(out).amax(1) - rgb(out).amin(1)).amax((1, 2))  # per sample, the widest channel gap
+    assert (spread(preset.train_batch_strong(colour, torch.Generator().manual_seed(0), grey=1.0)) < 1e-3).all()
+    assert (spread(preset.train_batch_strong(colour, torch.Generator().manual_seed(0))) > 50).all()
+    half = spread(preset.train_batch_strong(colour, torch.Generator().manual_seed(0), grey=0.5))
+    assert 10 <= int((half < 1e-3).sum()) <= 54 and int((half > 50).sum()) == 64 - int((half < 1e-3).sum())
+    # grey 0 draws nothing more: the batch of a run without it
+    assert torch.equal(preset.train_batch_strong(colour, torch.Generator().manual_seed(5), grey=0.0),
+                       preset.train_batch_strong(colour, torch.Generator().manual_seed(5)))

@@ -259,3 +259,14 @@ def test_age_gender_recipe_defaults(argv, key, value):
     args = gac.get_args_parser().parse_args(argv)
     settings.resolve_defaults(args, settings.task_name(args))
     assert getattr(args, key) == value
+
+
+def test_grey_needs_the_strong_augmentation(tmp_path, capsys):
+    d = make_sources(tmp_path)
+    given = ["--task", "age-gender", *sum((["--source", s] for s in source_args(d).source), []), *LIGHT]
+    assert gac.cli([*given, "--checkpoint-dir", str(tmp_path / "orig"), "--aug", "original", "--grey", "0.2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--grey" in err and "--aug strong" in err
+    out = tmp_path / "grey"
+    assert gac.cli([*given, "--checkpoint-dir", str(out), "-ep", "1", "--grey", "0.2"]) == 0
+    assert load_checkpoint(out / "model_best.tar")["args"]["grey"] == 0.2

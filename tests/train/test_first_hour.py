@@ -47,7 +47,7 @@ ACTS = {
     "threads": ALL, "cache": ALL, "amp": ALL, "eval_every": ALL, "save_every": ALL, "resume": ALL,
     "test_only": ALL, "eval_split": ALL, "strict": ALL, "dry_run": ALL, "no_progress": ALL, "overwrite": ALL,
     "resume_anyway": ALL, "face_chips": ALL, "chip_margin": ALL, "chip_template": ALL, "no_face": ALL, "chip_cache": ALL,
-    "framing_sample": ALL,
+    "framing_sample": ALL, "grey": ALL,
 }
 VALUES = {"source": "utkface=somewhere", "age_groups": "a=0-20,b=21-", "resume": "somewhere.tar"}
 

@@ -21,6 +21,7 @@ BOUNDS = {
     "workers": (0, 64), "threads": (1, 1024), "resize": (16, 2048), "crop": (16, 2048),
     "seed": (0, 2 ** 32 - 1), "split_seed": (0, 2 ** 32 - 1), "min_age": (0, 150), "max_age": (0, 150),
     "csv_age_offset": (-150, 150), "chip_margin": (0, 2), "framing_sample": (0, 100_000),
+    "grey": (0, 1),
 }
 
 
