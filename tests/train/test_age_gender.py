@@ -250,9 +250,11 @@ def test_seeded_age_gender_runs_repeat_exactly(tmp_path):
     (["--task", "age-gender", "--chip-margin", "0.3"], "chip_margin", 0.3),
     (["--task", "age-gender"], "epochs", 18), (["--task", "age-gender"], "resize", 72),
     (["--task", "age-gender"], "crop", 64),  # the hour on 2 AVX2 cores that the README's results were measured with
-    (["--task", "age-gender"], "gender_weight", 8.0), (["--task", "age-gender", "--gender-weight", "2"], "gender_weight", 2.0)])
+    (["--task", "age-gender"], "gender_weight", 8.0), (["--task", "age-gender", "--gender-weight", "2"], "gender_weight", 2.0),
+    (["--task", "age-gender"], "grey", 0.2), ([], "grey", 0.0), (["--task", "exact-age"], "grey", 0.0),
+    (["--task", "age-gender", "--grey", "0"], "grey", 0.0), (["--task", "age-gender", "--aug", "original"], "grey", 0.0)])
 def test_age_gender_recipe_defaults(argv, key, value):
-    """Age-gender trains with the strong augmentation and gender weight 8 (better on its validation) and aligned
+    """Age-gender trains with the strong augmentation, a fifth of it grey, and gender weight 8 (better on its validation) and aligned
     chips cut as UTKFace cut its faces (its template, no margin); the other tasks with the original's
     augmentation and the wide template with 0.25 around it; a given flag wins."""
     from gender_age.train import config as settings
