@@ -263,12 +263,30 @@ def test_age_gender_recipe_defaults(argv, key, value):
     assert getattr(args, key) == value
 
 
-def test_grey_needs_the_strong_augmentation(tmp_path, capsys):
+def test_grey_needs_the_strong_augmentation_and_reaches_it(tmp_path, capsys, monkeypatch):
+    from gender_age.data import transforms
     d = make_sources(tmp_path)
     given = ["--task", "age-gender", *sum((["--source", s] for s in source_args(d).source), []), *LIGHT]
     assert gac.cli([*given, "--checkpoint-dir", str(tmp_path / "orig"), "--aug", "original", "--grey", "0.2"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--grey" in err and "--aug strong" in err
+    shares, augment = [], transforms.Preset.train_batch_strong
+
+    def spy(self, batch, generator=None, grey=0.0):
+        shares.append(grey)
+        return augment(self, batch, generator, grey)
+
+    monkeypatch.setattr(transforms.Preset, "train_batch_strong", spy)
     out = tmp_path / "grey"
-    assert gac.cli([*given, "--checkpoint-dir", str(out), "-ep", "1", "--grey", "0.2"]) == 0
-    assert load_checkpoint(out / "model_best.tar")["args"]["grey"] == 0.2
+    assert gac.cli([*given, "--checkpoint-dir", str(out), "-ep", "1", "--grey", "0.3"]) == 0
+    assert shares and set(shares) == {0.3}  # every training batch
+    assert load_checkpoint(out / "model_best.tar")["args"]["grey"] == 0.3
+
+
+def test_a_checkpoint_from_before_grey_resumes_without_it():
+    """A run saved before --grey existed turned no image grey: resume must not switch the recipe's 0.2 on."""
+    from gender_age.train import config as settings
+    ckpt = {"task": "age-gender", "model_args": {"arch": "resnet18", "dropout": 0.0}, "args": {"aug": "strong"}}
+    assert settings.checkpoint_settings(ckpt)["grey"] == 0.0
+    ckpt["args"]["grey"] = 0.2
+    assert settings.checkpoint_settings(ckpt)["grey"] == 0.2
