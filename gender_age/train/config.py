@@ -42,11 +42,11 @@ RECIPES = {
 }
 # --task age-gender: the cpu recipe on all the sources (about 18,600 training images, all ages) at
 # 64 px from 72-px chips, for the epochs that fit in an hour of training on a 2-core AVX2 CPU in fp32:
-# 18 epochs with the validation and the test took 58.5 min on an AVX2-only EPYC, and 74.5 min on a
+# 18 epochs with the validation and the test took 46.3-58.5 min on an AVX2-only EPYC, and 74.5 min on a
 # slower day of that CPU (15 epochs lost validation accuracy: docs/results.md, round 21); 64 px
 # trains 1.85x as fast as 96 px on AVX2 (benchmarks/bench_compute.py).
 # With the strong augmentation (docs/results.md, "A model for every face"), a fifth of its images grey
-# (round 22: the worst UTKFace race group +1.6 points on validation).
+# (rounds 22-23: the worst UTKFace race group on validation +0.8 points over two seeds, +1.6 and +0.1).
 AGE_GENDER = {"cpu": {"epochs": 18, "resize": 72, "crop": 64, "aug": "strong", "grey": 0.2}}
 # space around the aligned chip's face template: 0.25 of its side on the wide template. Age-gender
 # cuts on the utkface template (alignment.UTKFACE_TEMPLATE) at margin 0, UTKFace's own crop, so that
