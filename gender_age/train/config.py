@@ -179,11 +179,12 @@ def resolve_defaults(args, name: str) -> None:
         args.optimizer = "sgd"
     recipe = task_recipe(name, args.recipe)
     other_arch = args.arch not in (None, recipe["arch"])
+    grey_given = args.grey is not None
     for key, value in recipe.items():
         if getattr(args, key) is None and not (other_arch and key in ("resize", "crop")):
             setattr(args, key, value)  # another network keeps its own input size
-            if key == "grey" and args.aug != "strong":
-                args.grey = 0.0  # the recipe's grey share is part of its strong augmentation
+    if not grey_given and args.aug != "strong":
+        args.grey = 0.0  # the recipe's grey share is part of its strong augmentation (a given one is checked)
     if args.dry_run:
         args.epochs = 1
 
